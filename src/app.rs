@@ -1,0 +1,203 @@
+//! The application: shared state, the router with its middleware stack, and `run`.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderName, StatusCode, header},
+    middleware,
+    response::IntoResponse,
+    routing::{any, get, post},
+};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    sensitive_headers::SetSensitiveHeadersLayer,
+    trace::TraceLayer,
+};
+
+use crate::{
+    auth,
+    config::{Config, SessionStoreKind},
+    error::{GatewayError, render_html_errors},
+    proxy,
+    session::{
+        SessionHasher, Sessions, Store, cookie::CookieSettings, memory_store::MemoryStore,
+        redis_store::RedisStore,
+    },
+    token::{PleoOAuth, RefreshCoordinator, TokenCipher},
+};
+
+/// How long `/readyz` waits for the store before calling it unreachable.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything handlers share. Cheap to clone: every field is reference-counted.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Session and pending-login storage.
+    pub sessions: Sessions,
+    /// Pleo's authorisation server.
+    pub oauth: Arc<PleoOAuth>,
+    /// Single-flight token refresh.
+    pub refresher: Arc<RefreshCoordinator>,
+    /// How the session cookie is written.
+    pub cookies: Arc<CookieSettings>,
+    /// Pooled client for the Pleo API, built once.
+    pub pleo_api: reqwest::Client,
+}
+
+impl AppState {
+    /// Builds the state around an already-opened store.
+    pub fn new(config: Config, store: Store) -> anyhow::Result<Self> {
+        let keys = if config.session.encryption_keys.is_empty() {
+            // Only reachable with the memory store (validation requires keys for Redis):
+            // sessions die with the process anyway, so a key that does too is fine.
+            vec![crate::config::EncryptionKey::generate()]
+        } else {
+            config.session.encryption_keys.clone()
+        };
+        let cipher =
+            TokenCipher::new(&keys).ok_or_else(|| anyhow::anyhow!("no session encryption key"))?;
+        let sessions = Sessions::new(
+            store,
+            cipher,
+            SessionHasher::new(&keys),
+            config.session.idle_timeout,
+            config.session.absolute_timeout,
+            config.session.login_state_ttl,
+        );
+        let oauth = Arc::new(PleoOAuth::new(&config)?);
+        let refresher = Arc::new(RefreshCoordinator::new(
+            Arc::clone(&oauth),
+            sessions.clone(),
+            config.pleo.refresh_before_expiry,
+        ));
+        let cookies = Arc::new(CookieSettings::new(
+            &config.session.cookie_name,
+            config.is_plain_http(),
+        ));
+        if config.is_plain_http() {
+            tracing::warn!(
+                cookie = %cookies.name,
+                "public_url is plain http: the session cookie is sent without Secure and without the __Host- prefix; use this for local development only"
+            );
+        }
+        let pleo_api = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.pleo.connect_timeout)
+            .read_timeout(config.pleo.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            config: Arc::new(config),
+            sessions,
+            oauth,
+            refresher,
+            cookies,
+            pleo_api,
+        })
+    }
+
+    /// The URL to send a user to for logging in, returning to `return_to` afterwards.
+    pub fn login_url(&self, return_to: &str) -> String {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("return_to", return_to)
+            .finish();
+        format!("/auth/login?{query}")
+    }
+}
+
+/// Opens the configured session store.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    use secrecy::ExposeSecret;
+    Ok(match config.session.store {
+        SessionStoreKind::Memory => {
+            tracing::warn!(
+                "session.store = \"memory\": sessions live in this process only; do not run more than one replica"
+            );
+            Store::Memory(MemoryStore::new())
+        }
+        SessionStoreKind::Redis => Store::Redis(
+            RedisStore::connect(
+                config.session.redis_url.expose_secret(),
+                &config.session.key_prefix,
+            )
+            .await?,
+        ),
+    })
+}
+
+/// The router with the whole middleware stack. Separate from serving so tests can drive it
+/// with `oneshot` or a real listener.
+pub fn app(state: AppState) -> Router {
+    let pleo_route = format!("{}/{{*path}}", state.config.proxy.pleo_prefix);
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/auth/login", get(auth::begin_login))
+        .route("/auth/callback", get(auth::complete_login))
+        .route("/auth/session", get(auth::session_info))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/disconnect", post(auth::disconnect))
+        .route("/auth/check", get(auth::check))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route(&pleo_route, any(proxy::proxy_to_pleo))
+        .fallback(not_found)
+        .with_state(state)
+        // Outermost last: request ids exist before tracing starts; secrets are marked sensitive
+        // before anything could log headers; panics become 500s instead of dropped connections.
+        .layer(middleware::from_fn(render_html_errors))
+        .layer(CatchPanicLayer::new())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http())
+        .layer(SetSensitiveHeadersLayer::new([
+            header::COOKIE,
+            header::SET_COOKIE,
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+        ]))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn not_found() -> GatewayError {
+    GatewayError::NotFound
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let store = state.sessions.store();
+    let ping = tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await;
+    let (status, ready, detail) = match ping {
+        Ok(Ok(())) => (StatusCode::OK, true, "reachable"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: session store unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, false, "unreachable")
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, false, "timeout"),
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "store": store.kind(), "store_status": detail })),
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,206 @@
+//! `/auth/login` and `/auth/callback`: the authorisation-code flow with PKCE (S256).
+
+use axum::{
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::{current_session, return_to::sanitize_return_to};
+use crate::{
+    app::AppState,
+    error::GatewayError,
+    session::{PendingLogin, SessionData, id::random_token, now_ms},
+    token::TokenError,
+};
+
+/// Query of `/auth/login`.
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    return_to: Option<String>,
+    /// Pleo's Initiation-URI flow: the subject the user chose inside Pleo.
+    urn_pleo_params_oauth_subject: Option<String>,
+}
+
+/// Starts a login: a fresh `state` (256 bits) and PKCE verifier are stored server-side (short
+/// TTL, single use), and the browser is sent to Pleo's authorize endpoint.
+pub async fn begin_login(
+    State(state): State<AppState>,
+    Query(query): Query<LoginQuery>,
+) -> Result<Response, GatewayError> {
+    let subject_hint = match query.urn_pleo_params_oauth_subject.as_deref() {
+        None | Some("") => None,
+        Some(subject) if is_subject_urn(subject) => Some(subject.to_owned()),
+        Some(_) => {
+            return Err(GatewayError::BadRequest(
+                "urn_pleo_params_oauth_subject must be a Pleo company or organisation URN".into(),
+            ));
+        }
+    };
+    let login_state = random_token();
+    let authorize = state
+        .oauth
+        .authorize_url(login_state.clone(), subject_hint.as_deref());
+    let pending = PendingLogin {
+        pkce_verifier: authorize.pkce_verifier,
+        return_to: sanitize_return_to(query.return_to.as_deref()),
+        subject_hint,
+    };
+    state.sessions.put_login(&login_state, &pending).await?;
+    Ok(redirect(authorize.url.as_str()))
+}
+
+/// `urn:pleo:company:<id>` or `urn:pleo:organisation:<id>`, id of UUID characters.
+fn is_subject_urn(value: &str) -> bool {
+    let id = value
+        .strip_prefix("urn:pleo:company:")
+        .or_else(|| value.strip_prefix("urn:pleo:organisation:"));
+    id.is_some_and(|id| {
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    })
+}
+
+/// Query of `/auth/callback`.
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Completes a login: consumes the `state` (once), exchanges the code with the PKCE verifier,
+/// records who logged in, and starts a brand-new session.
+pub async fn complete_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Result<Response, GatewayError> {
+    let Some(login_state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
+        return Err(GatewayError::BadRequest(
+            "the callback has no state parameter; start the login again".into(),
+        ));
+    };
+    // Consume the state before looking at anything else, so it is spent whatever happens next.
+    // "Never proceed with token exchange if the state validation fails" (Pleo).
+    let pending = state
+        .sessions
+        .take_login(login_state)
+        .await?
+        .ok_or(GatewayError::LoginStateInvalid)?;
+    if let Some(error) = query.error {
+        return Err(GatewayError::AuthorizationRefused {
+            error: truncate(&error, 64),
+            description: query.error_description.map(|d| truncate(&d, 300)),
+        });
+    }
+    let code = query
+        .code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| GatewayError::BadRequest("the callback has no code parameter".into()))?;
+
+    let tokens = state
+        .oauth
+        .exchange_code(&code, &pending.pkce_verifier)
+        .await
+        .map_err(|e| match e {
+            TokenError::Rejected { error } => GatewayError::TokenExchangeRejected(error),
+            TokenError::Timeout => GatewayError::PleoTimeout,
+            other => {
+                tracing::warn!(error = %other, "code exchange failed");
+                GatewayError::PleoUnavailable {
+                    retry_after: std::time::Duration::from_secs(5),
+                }
+            }
+        })?;
+
+    let issued = now_ms();
+    let lifetime_ms = tokens.expires_in.map_or(15 * 60 * 1000, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    });
+    let mut data = SessionData {
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        access_expires_at_ms: issued.saturating_add(lifetime_ms),
+        access_lifetime_ms: lifetime_ms,
+        subject: None,
+        scopes: tokens
+            .scopes
+            .unwrap_or_else(|| state.config.pleo.scopes.clone()),
+        created_at_ms: issued,
+    };
+    match super::session_routes::introspect(&state, data.access_token.expose_secret()).await {
+        Ok(who) => {
+            data.subject = Some(who.subject);
+            if !who.scopes.is_empty() {
+                data.scopes = who.scopes;
+            }
+        }
+        // The code is spent: failing the login now would waste it. The subject is filled in
+        // as unknown and the session still works for API calls.
+        Err(e) => tracing::warn!(error = %e, "could not read the subject after login"),
+    }
+    if let (Some(expected), Some(actual)) = (&pending.subject_hint, &data.subject) {
+        if expected != actual {
+            return Err(GatewayError::BadRequest(
+                "Pleo authorised a different company or organisation than the one this login was started for".into(),
+            ));
+        }
+    }
+
+    // A session that existed before login is ended, and a new id is issued: an id planted in the
+    // browser before login (session fixation) must be worthless after it.
+    if let Ok(Some(old)) = current_session(&state, &headers).await {
+        if let Err(e) = state.sessions.delete(&old.key).await {
+            tracing::warn!(error = %e, "could not delete the pre-login session");
+        }
+    }
+    let (id, session) = state.sessions.create(data).await?;
+    tracing::info!(
+        session = session.key.short(),
+        subject = session.data.subject.as_deref().unwrap_or("unknown"),
+        "login completed"
+    );
+    let mut response = redirect(&pending.return_to);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        state
+            .cookies
+            .set(id.as_str(), state.sessions.absolute_timeout()),
+    );
+    Ok(response)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// A 302 that is never cached.
+pub(super) fn redirect(location: &str) -> Response {
+    let mut response = StatusCode::FOUND.into_response();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_urns_are_checked() {
+        assert!(is_subject_urn(
+            "urn:pleo:company:3fa85f64-5717-4562-b3fc-2c963f66afa6"
+        ));
+        assert!(is_subject_urn("urn:pleo:organisation:abc-123"));
+        assert!(!is_subject_urn("urn:pleo:user:abc"));
+        assert!(!is_subject_urn("urn:pleo:company:"));
+        assert!(!is_subject_urn("urn:pleo:company:<script>"));
+    }
+}

@@ -1,0 +1,54 @@
+//! The command line: `serve` (default), `check-config`, `demo`, `mock-pleo`.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+/// Authentication gateway for Pleo.
+#[derive(Debug, Parser)]
+#[command(name = "pleo-gateway", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Environment variables PLEO_GATEWAY__SECTION__KEY override it.
+    #[arg(long, global = true, env = "PLEO_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do; serves when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and validate the configuration, print it with secrets redacted.
+    CheckConfig,
+    /// Run the gateway with an in-memory store, an embedded mock Pleo and a demo page.
+    Demo {
+        /// Port of the gateway on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Run the mock Pleo (authorisation server + API) on its own.
+    MockPleo {
+        /// Port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 9090)]
+        port: u16,
+        /// Client id to register.
+        #[arg(long, default_value = "demo-client")]
+        client_id: String,
+        /// Client secret; `--public-client` registers none.
+        #[arg(long, default_value = "demo-secret")]
+        client_secret: String,
+        /// Register a public client (PKCE only, no secret).
+        #[arg(long)]
+        public_client: bool,
+        /// Redirect URI(s) to register (exact match).
+        #[arg(long, default_value = "http://127.0.0.1:8080/auth/callback")]
+        redirect_uri: Vec<String>,
+        /// Access token lifetime, e.g. "15m", "30s".
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        access_token_ttl: Duration,
+        /// Approve automatically instead of showing the consent page.
+        #[arg(long)]
+        auto_approve: bool,
+    },
+}

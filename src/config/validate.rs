@@ -1,0 +1,402 @@
+//! Turns the raw tree into a typed [`Config`], applying defaults and collecting every problem.
+//!
+//! Defaults are text, parsed by the same functions as user input. A field whose value is
+//! invalid becomes `None` once its problem is recorded, and reading carries on, so one run
+//! reports every problem; a [`Config`] exists only when there were none.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::raw::{RawTree, Reader};
+use super::values;
+use super::{
+    Config, ConfigError, EncryptionKey, PleoConfig, PleoEnvironment, ProxyConfig, ServerConfig,
+    SessionConfig, SessionStoreKind,
+};
+
+/// Default `server.listen`.
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default `server.public_url`.
+const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+/// Default `server.shutdown_timeout`.
+const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+/// Default `server.max_header_bytes`.
+const DEFAULT_MAX_HEADER_BYTES: &str = "16KiB";
+/// Bounds of `server.max_header_bytes`: below 1 KiB real browsers' cookies do not fit; above
+/// 1 MiB a header limit no longer protects memory.
+const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 20);
+/// Default `pleo.refresh_before_expiry`.
+const DEFAULT_REFRESH_BEFORE_EXPIRY: &str = "60s";
+/// Upper bound (exclusive) of `pleo.refresh_before_expiry`: Pleo's access tokens live 15 min.
+const MAX_REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(3600);
+/// Default `pleo.request_timeout`.
+const DEFAULT_REQUEST_TIMEOUT: &str = "15s";
+/// Default `pleo.connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
+/// Default `session.redis_url`.
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default `session.key_prefix`.
+const DEFAULT_KEY_PREFIX: &str = "pleo-gateway:";
+/// Default `session.cookie_name`.
+const DEFAULT_COOKIE_NAME: &str = "__Host-pleo-session";
+/// Default `session.idle_timeout`.
+const DEFAULT_IDLE_TIMEOUT: &str = "8h";
+/// Default `session.absolute_timeout`.
+const DEFAULT_ABSOLUTE_TIMEOUT: &str = "30d";
+/// Default `session.login_state_ttl`.
+const DEFAULT_LOGIN_STATE_TTL: &str = "10m";
+/// Default `proxy.pleo_prefix`.
+const DEFAULT_PLEO_PREFIX: &str = "/pleo";
+/// Default `proxy.max_body_bytes`.
+const DEFAULT_MAX_BODY_BYTES: &str = "10MiB";
+/// Default `proxy.upstream_timeout`.
+const DEFAULT_UPSTREAM_TIMEOUT: &str = "60s";
+
+/// Validates the whole tree; `Err(Invalid)` lists every problem found.
+pub(super) fn validate(tree: &RawTree) -> Result<Config, ConfigError> {
+    let mut reader = Reader::new(tree);
+    // All four sections are read before looking at the results, so every problem is found.
+    let server = server(&mut reader);
+    let pleo = pleo(&mut reader);
+    let session = session(&mut reader);
+    let proxy = proxy(&mut reader);
+    let problems = reader.problems.0;
+    match (server, pleo, session, proxy) {
+        (Some(server), Some(pleo), Some(session), Some(proxy)) if problems.is_empty() => {
+            Ok(Config {
+                server,
+                pleo,
+                session,
+                proxy,
+            })
+        }
+        // A `None` always comes with a recorded problem.
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+impl Reader<'_> {
+    /// `section.key` (or, when absent, the `default` text) parsed by `parse`; `None` after
+    /// recording a problem when that fails. Defaults go through the same parser as user input.
+    fn value<T>(
+        &mut self,
+        section: &str,
+        key: &str,
+        default: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let text = self
+            .text(section, key)
+            .unwrap_or_else(|| default.to_owned());
+        match parse(&text) {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.problem(section, key, message);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, section: &str, key: &str, default: &str) -> Option<Duration> {
+        self.value(section, key, default, values::duration)
+    }
+
+    /// Every entry of a list parsed by `parse`; failing entries are reported (then `None`).
+    fn parsed_list<T>(
+        &mut self,
+        section: &str,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        let mut out = Some(Vec::new());
+        for item in self.list(section, key).unwrap_or_default() {
+            match parse(&item) {
+                Ok(value) => {
+                    if let Some(out) = out.as_mut() {
+                        out.push(value);
+                    }
+                }
+                Err(message) => {
+                    self.problem(section, key, message);
+                    out = None;
+                }
+            }
+        }
+        out
+    }
+
+    /// Records `message` under `section.key` when `check` fails.
+    fn check(&mut self, section: &str, key: &str, check: Result<(), String>) {
+        if let Err(message) = check {
+            self.problem(section, key, message);
+        }
+    }
+}
+
+fn server(r: &mut Reader) -> Option<ServerConfig> {
+    let listen = r.value("server", "listen", DEFAULT_LISTEN, values::socket_addr);
+    let public_url = r.value(
+        "server",
+        "public_url",
+        DEFAULT_PUBLIC_URL,
+        values::origin_url,
+    );
+    let trusted_proxies = r.parsed_list("server", "trusted_proxies", values::cidr);
+    let metrics_listen = r.value("server", "metrics_listen", "", |text| {
+        if text.trim().is_empty() {
+            Ok(None)
+        } else {
+            values::socket_addr(text).map(Some)
+        }
+    });
+    let shutdown_timeout = r.duration("server", "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT);
+    let max_header_bytes = r.value(
+        "server",
+        "max_header_bytes",
+        DEFAULT_MAX_HEADER_BYTES,
+        |text| {
+            let bytes = values::byte_size(text)?;
+            if !MAX_HEADER_BYTES_RANGE.contains(&bytes) {
+                return Err(format!(
+                    "{bytes} is out of range; allowed are 1KiB (1024) to 1MiB (1048576)"
+                ));
+            }
+            usize::try_from(bytes).map_err(|_| format!("{bytes} is too large"))
+        },
+    );
+    Some(ServerConfig {
+        listen: listen?,
+        public_url: public_url?,
+        trusted_proxies: trusted_proxies?,
+        metrics_listen: metrics_listen?,
+        shutdown_timeout: shutdown_timeout?,
+        max_header_bytes: max_header_bytes?,
+    })
+}
+
+fn pleo(r: &mut Reader) -> Option<PleoConfig> {
+    let environment = r.value("pleo", "environment", "staging", |text| {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "staging" => Ok(PleoEnvironment::Staging),
+            "production" => Ok(PleoEnvironment::Production),
+            _ => Err(format!(
+                "must be \"staging\" or \"production\" (got {text:?})"
+            )),
+        }
+    });
+    // With an invalid environment the URL defaults are moot; staging's keep the URLs checked.
+    let preset = environment.unwrap_or(PleoEnvironment::Staging);
+    let auth_url = r.value(
+        "pleo",
+        "auth_url",
+        preset.default_auth_url(),
+        values::base_url,
+    );
+    let api_url = r.value(
+        "pleo",
+        "api_url",
+        preset.default_api_url(),
+        values::base_url,
+    );
+
+    let client_id = r.text("pleo", "client_id").unwrap_or_default();
+    if client_id.trim().is_empty() {
+        r.problem(
+            "pleo",
+            "client_id",
+            "required: the OAuth client id Pleo issued for this integration",
+        );
+    } else if client_id.chars().any(char::is_control) {
+        r.problem("pleo", "client_id", "must not contain control characters");
+    }
+    let client_secret = r.secret_text("pleo", "client_secret");
+
+    let scopes = r.list("pleo", "scopes").unwrap_or_default();
+    if scopes.is_empty() {
+        r.problem(
+            "pleo",
+            "scopes",
+            "required: at least one scope, e.g. [\"users:read\", \"export-jobs:read\"]",
+        );
+    }
+    for scope in &scopes {
+        if scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            r.problem(
+                "pleo",
+                "scopes",
+                format!("{scope:?} is not a scope: it must be non-empty, without whitespace"),
+            );
+        }
+    }
+
+    let refresh_before_expiry = r.value(
+        "pleo",
+        "refresh_before_expiry",
+        DEFAULT_REFRESH_BEFORE_EXPIRY,
+        |text| {
+            let duration = values::duration(text)?;
+            if duration >= MAX_REFRESH_BEFORE_EXPIRY {
+                return Err(format!(
+                    "must be less than 1h ({text:?}); Pleo's access tokens live about 15 minutes"
+                ));
+            }
+            Ok(duration)
+        },
+    );
+    let request_timeout = r.duration("pleo", "request_timeout", DEFAULT_REQUEST_TIMEOUT);
+    let connect_timeout = r.duration("pleo", "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+    Some(PleoConfig {
+        environment: environment?,
+        auth_url: auth_url?,
+        api_url: api_url?,
+        client_id,
+        client_secret: client_secret.map(SecretString::from),
+        scopes,
+        refresh_before_expiry: refresh_before_expiry?,
+        request_timeout: request_timeout?,
+        connect_timeout: connect_timeout?,
+    })
+}
+
+fn session(r: &mut Reader) -> Option<SessionConfig> {
+    let store = r.value("session", "store", "redis", |text| {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "redis" => Ok(SessionStoreKind::Redis),
+            "memory" => Ok(SessionStoreKind::Memory),
+            _ => Err(format!("must be \"redis\" or \"memory\" (got {text:?})")),
+        }
+    });
+
+    let redis_url = SecretString::from(
+        r.secret_text("session", "redis_url")
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+    );
+    if store == Some(SessionStoreKind::Redis) {
+        r.check(
+            "session",
+            "redis_url",
+            values::redis_url(redis_url.expose_secret()),
+        );
+    }
+
+    let key_prefix = r
+        .text("session", "key_prefix")
+        .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
+    if key_prefix.is_empty() {
+        r.problem(
+            "session",
+            "key_prefix",
+            "must not be empty; use e.g. \"pleo-gateway:\"",
+        );
+    } else if key_prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        r.problem(
+            "session",
+            "key_prefix",
+            format!("must not contain whitespace ({key_prefix:?})"),
+        );
+    }
+
+    let cookie_name = r
+        .text("session", "cookie_name")
+        .unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_owned());
+    r.check("session", "cookie_name", values::cookie_name(&cookie_name));
+
+    let idle_timeout = r.duration("session", "idle_timeout", DEFAULT_IDLE_TIMEOUT);
+    let absolute_timeout = r.duration("session", "absolute_timeout", DEFAULT_ABSOLUTE_TIMEOUT);
+    if let (Some(idle), Some(absolute)) = (idle_timeout, absolute_timeout)
+        && idle > absolute
+    {
+        r.problem(
+            "session",
+            "idle_timeout",
+            format!(
+                "{} is longer than session.absolute_timeout ({}); it must not be",
+                values::format_duration(idle),
+                values::format_duration(absolute)
+            ),
+        );
+    }
+
+    let encryption_keys = encryption_keys(r, store);
+    let login_state_ttl = r.duration("session", "login_state_ttl", DEFAULT_LOGIN_STATE_TTL);
+    Some(SessionConfig {
+        store: store?,
+        redis_url,
+        key_prefix,
+        cookie_name,
+        idle_timeout: idle_timeout?,
+        absolute_timeout: absolute_timeout?,
+        encryption_keys,
+        login_state_ttl: login_state_ttl?,
+    })
+}
+
+/// The keys, inline or from `encryption_keys_file`; at least one is required with Redis.
+fn encryption_keys(r: &mut Reader, store: Option<SessionStoreKind>) -> Vec<EncryptionKey> {
+    const HINT: &str = "make one with `openssl rand -base64 32`";
+    let redis = store == Some(SessionStoreKind::Redis);
+    let Some(list) = r.secret_list("session", "encryption_keys") else {
+        if redis {
+            r.problem(
+                "session",
+                "encryption_keys",
+                format!(
+                    "required with store = \"redis\" (tokens are encrypted at rest): \
+                     at least one base64 key of 32 bytes; {HINT}"
+                ),
+            );
+        }
+        return Vec::new();
+    };
+    let mut keys = Vec::with_capacity(list.items.len());
+    for (index, item) in list.items.iter().enumerate() {
+        match values::encryption_key(item) {
+            Ok(key) => keys.push(key),
+            // Only the position is named: the text is (or was meant to be) a secret.
+            Err(message) => r.problems.push(
+                list.key.clone(),
+                format!("{} {} {message}", list.entry, index + 1),
+            ),
+        }
+    }
+    if list.items.is_empty() && redis {
+        r.problems.push(list.key, format!("holds no keys; {HINT}"));
+    }
+    keys
+}
+
+fn proxy(r: &mut Reader) -> Option<ProxyConfig> {
+    let pleo_prefix = r
+        .text("proxy", "pleo_prefix")
+        .unwrap_or_else(|| DEFAULT_PLEO_PREFIX.to_owned());
+    r.check("proxy", "pleo_prefix", values::pleo_prefix(&pleo_prefix));
+    let upstream = r.value("proxy", "upstream", "", |text| {
+        if text.trim().is_empty() {
+            Ok(None)
+        } else {
+            values::base_url(text).map(Some)
+        }
+    });
+    let public_paths = r.list("proxy", "public_paths").unwrap_or_default();
+    for path in &public_paths {
+        r.check("proxy", "public_paths", values::public_path(path));
+    }
+    let max_body_bytes = r.value(
+        "proxy",
+        "max_body_bytes",
+        DEFAULT_MAX_BODY_BYTES,
+        values::byte_size,
+    );
+    let upstream_timeout = r.duration("proxy", "upstream_timeout", DEFAULT_UPSTREAM_TIMEOUT);
+    Some(ProxyConfig {
+        pleo_prefix,
+        upstream: upstream?,
+        public_paths,
+        max_body_bytes: max_body_bytes?,
+        upstream_timeout: upstream_timeout?,
+    })
+}

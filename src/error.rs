@@ -1,0 +1,338 @@
+//! The one error type request handlers return, and how each case becomes an HTTP response.
+//!
+//! Use [`GatewayError`] in every handler: it carries an explicit status, a stable machine-readable
+//! code and a message that is safe to show to the caller. Internals (Redis errors, token-endpoint
+//! bodies) are logged here, once, and never put in a response. Browsers that navigated to a failing
+//! URL get the same information as an HTML page: see [`render_html_errors`].
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::Request,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// Everything a request can fail with, each mapped to one status below.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No live session for this request.
+    #[error("you are not logged in")]
+    NotAuthenticated {
+        /// Where to send the user to log in.
+        login_url: String,
+    },
+    /// The session existed but its grant is gone (refresh rejected, revoked): log in again.
+    #[error("your Pleo session has ended; log in again")]
+    SessionEnded {
+        /// Where to send the user to log in.
+        login_url: String,
+    },
+    /// An unsafe method came without the `X-CSRF` header.
+    #[error("this request needs the X-CSRF header (any non-empty value)")]
+    CsrfHeaderMissing,
+    /// The `state` of a callback is unknown, expired or already used.
+    #[error("this login attempt has expired or was already used; start the login again")]
+    LoginStateInvalid,
+    /// Pleo (or the user) refused the authorisation request.
+    #[error("Pleo did not authorise the login: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    AuthorizationRefused {
+        /// The OAuth error code from the callback, e.g. `access_denied`.
+        error: String,
+        /// The optional human description Pleo sent.
+        description: Option<String>,
+    },
+    /// The callback was missing parameters or had malformed ones.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Pleo's token endpoint rejected the code exchange.
+    #[error("Pleo rejected the login ({0}); start the login again")]
+    TokenExchangeRejected(String),
+    /// Pleo's token endpoint or API could not be reached or failed transiently.
+    #[error("Pleo is not reachable right now; try again shortly")]
+    PleoUnavailable {
+        /// How long the caller should wait before retrying.
+        retry_after: Duration,
+    },
+    /// The Pleo API could not be reached or answered garbage.
+    #[error("Pleo could not be reached")]
+    PleoUnreachable,
+    /// Pleo did not answer within the configured timeout.
+    #[error("Pleo did not answer in time; try again shortly")]
+    PleoTimeout,
+    /// The session store (Redis) failed; the session itself is untouched.
+    #[error("the session store is not reachable right now; try again shortly")]
+    StoreUnavailable,
+    /// The request body exceeded `proxy.max_body_bytes`.
+    #[error("the request body is larger than the gateway accepts")]
+    BodyTooLarge,
+    /// No route.
+    #[error("not found")]
+    NotFound,
+    /// A bug or an impossible state; details are logged, never returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// The JSON error body every endpoint uses: `{"error": "...", "message": "..."}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable code.
+    pub error: &'static str,
+    /// A sentence for humans.
+    pub message: String,
+    /// For 401s: where to log in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_url: Option<String>,
+}
+
+/// How long clients are told to wait after a transient store failure.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+impl GatewayError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotAuthenticated { .. } | Self::SessionEnded { .. } => StatusCode::UNAUTHORIZED,
+            Self::CsrfHeaderMissing => StatusCode::FORBIDDEN,
+            Self::LoginStateInvalid | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::AuthorizationRefused { error, .. } if error == "access_denied" => {
+                StatusCode::FORBIDDEN
+            }
+            Self::AuthorizationRefused { .. } => StatusCode::BAD_REQUEST,
+            Self::TokenExchangeRejected(_) => StatusCode::BAD_GATEWAY,
+            Self::PleoUnavailable { .. } | Self::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::PleoTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::PleoUnreachable => StatusCode::BAD_GATEWAY,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code put in the `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotAuthenticated { .. } => "not_authenticated",
+            Self::SessionEnded { .. } => "session_ended",
+            Self::CsrfHeaderMissing => "csrf_header_missing",
+            Self::LoginStateInvalid => "invalid_state",
+            Self::AuthorizationRefused { error, .. } if error == "access_denied" => "access_denied",
+            Self::AuthorizationRefused { .. } => "authorization_failed",
+            Self::BadRequest(_) => "bad_request",
+            Self::TokenExchangeRejected(_) => "token_exchange_failed",
+            Self::PleoUnavailable { .. } => "pleo_unavailable",
+            Self::PleoTimeout => "pleo_timeout",
+            Self::PleoUnreachable => "pleo_unreachable",
+            Self::StoreUnavailable => "session_store_unavailable",
+            Self::BodyTooLarge => "body_too_large",
+            Self::NotFound => "not_found",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::PleoUnavailable { retry_after } => Some(*retry_after),
+            Self::StoreUnavailable => Some(STORE_RETRY_AFTER),
+            Self::PleoTimeout => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The message shown to the caller. Internal details never appear here.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "the gateway failed to handle this request".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // Log in one place. Client mistakes are not worth more than debug; anything the operator
+        // must look at is warn/error. Messages here never contain tokens or secrets: the variants
+        // that carry text only ever carry our own descriptions.
+        match &self {
+            Self::Internal(detail) => tracing::error!(error.detail = %detail, "internal error"),
+            e if status.is_server_error() => tracing::warn!(error.code = e.code(), "{e}"),
+            e => tracing::debug!(error.code = e.code(), "{e}"),
+        }
+        let login_url = match &self {
+            Self::NotAuthenticated { login_url } | Self::SessionEnded { login_url } => {
+                Some(login_url.clone())
+            }
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.public_message(),
+            login_url,
+        };
+        let mut response = (status, Json(body.clone())).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(after) = self.retry_after() {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Cookie realm=\"pleo-gateway\""),
+            );
+        }
+        response.extensions_mut().insert(body);
+        response
+    }
+}
+
+impl From<crate::session::StoreError> for GatewayError {
+    fn from(e: crate::session::StoreError) -> Self {
+        tracing::warn!(error = %e, "session store error");
+        GatewayError::StoreUnavailable
+    }
+}
+
+/// True when the request is a top-level browser navigation, which should see HTML rather than
+/// JSON. `Sec-Fetch-Mode`/`Sec-Fetch-Dest` decide when present (all current browsers send them);
+/// older clients are judged by whether `Accept` prefers `text/html`.
+pub fn is_navigation(headers: &HeaderMap) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(mode) = get("sec-fetch-mode") {
+        return mode.eq_ignore_ascii_case("navigate")
+            && get("sec-fetch-dest").is_none_or(|d| d.eq_ignore_ascii_case("document"));
+    }
+    get("accept").is_some_and(prefers_html)
+}
+
+/// Whether an `Accept` header lists `text/html` ahead of JSON (or without JSON at all).
+fn prefers_html(accept: &str) -> bool {
+    let position = |needle: &str| accept.find(needle);
+    match (position("text/html"), position("application/json")) {
+        (Some(html), Some(json)) => html < json,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Middleware: when a navigation ends in an error response, replace the JSON body with a small
+/// HTML page carrying the same message, so a person sees a readable page instead of raw JSON.
+pub async fn render_html_errors(request: Request, next: Next) -> Response {
+    let navigation = is_navigation(request.headers());
+    let response = next.run(request).await;
+    if !navigation {
+        return response;
+    }
+    let Some(body) = response.extensions().get::<ErrorBody>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let page = error_page(parts.status, &body);
+    Response::from_parts(parts, Body::from(page))
+}
+
+/// The HTML error page. Every interpolated value is escaped.
+fn error_page(status: StatusCode, body: &ErrorBody) -> String {
+    let login = body
+        .login_url
+        .as_deref()
+        .map(|url| format!(r#"<p><a href="{}">Log in</a></p>"#, escape_html(url)))
+        .unwrap_or_else(|| r#"<p><a href="/auth/login">Start again</a></p>"#.to_owned());
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status}</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+         code{{background:#f3f3f3;padding:0 .3em}}</style></head><body>\
+         <h1>{title}</h1><p>{message}</p><p>Error code: <code>{code}</code></p>{login}</body></html>",
+        status = status.as_u16(),
+        title = escape_html(status.canonical_reason().unwrap_or("Error")),
+        message = escape_html(&body.message),
+        code = escape_html(body.error),
+    )
+}
+
+/// Escapes the five HTML-significant characters.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn navigation_is_detected_from_fetch_metadata_then_accept() {
+        assert!(is_navigation(&headers(&[
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document")
+        ])));
+        assert!(!is_navigation(&headers(&[
+            ("sec-fetch-mode", "cors"),
+            ("accept", "text/html")
+        ])));
+        assert!(!is_navigation(&headers(&[
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "iframe")
+        ])));
+        assert!(is_navigation(&headers(&[(
+            "accept",
+            "text/html,application/xhtml+xml,*/*;q=0.8"
+        )])));
+        assert!(!is_navigation(&headers(&[(
+            "accept",
+            "application/json, text/html"
+        )])));
+        assert!(!is_navigation(&headers(&[])));
+    }
+
+    #[test]
+    fn transient_errors_carry_retry_after_and_never_internal_details() {
+        let response = GatewayError::StoreUnavailable.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let body = GatewayError::Internal("redis said secret-thing".into()).public_message();
+        assert!(!body.contains("secret-thing"));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

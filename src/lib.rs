@@ -1,0 +1,19 @@
+//! pleo-gateway: an authentication gateway for internal apps that integrate with Pleo.
+//!
+//! It runs Pleo's OAuth 2.0 authorisation-code flow with PKCE, keeps the tokens server-side
+//! (Redis or memory) behind an opaque session cookie, and proxies Pleo API calls with a fresh
+//! bearer token, refreshing exactly once even under concurrency.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod mock_pleo;
+pub mod proxy;
+pub mod session;
+pub mod token;
+pub mod cli;
+pub mod demo;
+pub mod shutdown;
+pub mod telemetry;

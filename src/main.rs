@@ -1,0 +1,99 @@
+//! `pleo-gateway`: parse the command line, load configuration, start what was asked for.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pleo_gateway::{
+    app,
+    cli::{Cli, Command},
+    config::Config,
+    demo,
+    mock_pleo::{MockClient, MockPleo, MockPleoConfig},
+    shutdown, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::install_crypto_provider();
+    match cli.command {
+        Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::Demo { port }) => {
+            telemetry::init_tracing();
+            report(demo::run(port, shutdown::signal()).await)
+        }
+        Some(Command::MockPleo {
+            port,
+            client_id,
+            client_secret,
+            public_client,
+            redirect_uri,
+            access_token_ttl,
+            auto_approve,
+        }) => {
+            telemetry::init_tracing();
+            let config = MockPleoConfig {
+                clients: vec![MockClient {
+                    client_id,
+                    client_secret: (!public_client).then_some(client_secret),
+                    redirect_uris: redirect_uri,
+                }],
+                access_token_ttl,
+                auto_approve,
+                ..MockPleoConfig::default()
+            };
+            report(serve_mock(port, config).await)
+        }
+        None => {
+            telemetry::init_tracing();
+            report(serve(&cli).await)
+        }
+    }
+}
+
+fn check_config(cli: &Cli) -> ExitCode {
+    match Config::load(cli.config.as_deref()) {
+        Ok(config) => {
+            println!("{}", config.redacted_toml());
+            eprintln!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("invalid configuration:\n{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: &Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let listen = config.server.listen;
+    let store = app::open_store(&config).await?;
+    let state = app::AppState::new(config, store)?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "pleo-gateway listening");
+    app::run(listener, app::app(state), shutdown::signal()).await?;
+    tracing::info!("pleo-gateway stopped");
+    Ok(())
+}
+
+async fn serve_mock(port: u16, config: MockPleoConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let address = listener.local_addr()?;
+    println!("mock Pleo listening on http://{address}");
+    MockPleo::new(config)
+        .serve(listener, shutdown::signal())
+        .await?;
+    Ok(())
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pleo-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

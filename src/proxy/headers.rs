@@ -1,0 +1,145 @@
+//! Which headers cross the gateway. Pure functions over `HeaderMap`s.
+//!
+//! Going out to Pleo, a request loses: hop-by-hop headers (RFC 9110 §7.6.1, including any the
+//! `Connection` header names), the browser's `Cookie` and any inbound `Authorization` (the
+//! gateway sets its own bearer token), the CSRF header, forwarding headers, and the identity
+//! headers the gateway itself produces. Coming back, a response loses hop-by-hop headers and
+//! `Set-Cookie` (Pleo's cookies are not the app's business).
+
+use axum::http::{HeaderMap, HeaderName, header};
+
+/// Hop-by-hop headers: meaningful for one connection only, never forwarded.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers the gateway owns or that identify the browser to the gateway only.
+const GATEWAY_ONLY: [&str; 9] = [
+    "cookie",
+    "authorization",
+    "host",
+    "x-csrf",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// Removes hop-by-hop headers, including those listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Whether a header name is one of the gateway's identity headers (`X-Pleo-*`), in any spelling
+/// a server could normalise to the same name (`x_pleo_subject`).
+pub fn is_identity_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase().replace('_', "-");
+    lower.starts_with("x-pleo-")
+}
+
+/// The headers of a request as they go to the Pleo API (before the bearer token is added).
+pub fn to_pleo(mut headers: HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    for name in GATEWAY_ONLY {
+        headers.remove(name);
+    }
+    let identity: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_identity_header(name.as_str()))
+        .cloned()
+        .collect();
+    for name in identity {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// The headers of a Pleo response as they go back to the caller.
+pub fn from_pleo(mut headers: HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::SET_COOKIE);
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn outgoing_request_loses_credentials_and_hop_by_hop() {
+        let out = to_pleo(map(&[
+            ("cookie", "sid=1"),
+            ("authorization", "Bearer stolen"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("x-csrf", "1"),
+            ("x-pleo-subject", "spoof"),
+            ("x_pleo_scopes", "spoof"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("accept", "application/json"),
+            ("content-type", "application/json"),
+            ("x-app-header", "kept"),
+        ]));
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(out.contains_key("accept"));
+        assert!(out.contains_key("content-type"));
+        assert!(out.contains_key("x-app-header"));
+    }
+
+    #[test]
+    fn response_loses_set_cookie_and_hop_by_hop() {
+        let out = from_pleo(map(&[
+            ("set-cookie", "pleo=1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "application/json"),
+        ]));
+        assert_eq!(out.len(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn no_credential_survives(name in "(cookie|authorization|x-pleo-[a-z]{1,8}|x_pleo_[a-z]{1,8})", value in "[ -~]{0,20}") {
+            let mut h = HeaderMap::new();
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+                h.insert(n, v);
+                prop_assert!(to_pleo(h).is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `ANY {pleo_prefix}/{*path}`: the Pleo API with a fresh bearer token attached.
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::Response,
+};
+use secrecy::ExposeSecret;
+use url::Url;
+
+use super::headers;
+use crate::{
+    app::AppState,
+    auth::{fresh_session, is_unsafe, refresh_error, require_csrf_header, require_session},
+    error::GatewayError,
+    session::Session,
+};
+
+/// Bodies up to this size are buffered so the request can be replayed once after a 401 (a token
+/// Pleo revoked early). Larger bodies stream through and are never replayed.
+const REPLAYABLE_BODY_LIMIT: usize = 64 * 1024;
+
+/// Proxies one request to the Pleo API.
+pub async fn proxy_to_pleo(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    if is_unsafe(&parts.method) {
+        require_csrf_header(&parts.headers)?;
+    }
+    let session = require_session(&state, &parts.headers, "/").await?;
+    let session = fresh_session(&state, session).await?;
+
+    let prefix = &state.config.proxy.pleo_prefix;
+    let path = parts
+        .uri
+        .path()
+        .strip_prefix(prefix.as_str())
+        .unwrap_or("/");
+    let url = pleo_api_url(&state, path, parts.uri.query())?;
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if content_length.is_some_and(|n| n > state.config.proxy.max_body_bytes) {
+        return Err(GatewayError::BodyTooLarge);
+    }
+    let outgoing = headers::to_pleo(parts.headers);
+    let method = parts.method;
+
+    let replayable = match content_length {
+        Some(n) => n <= REPLAYABLE_BODY_LIMIT as u64,
+        None => !outgoing.contains_key(header::TRANSFER_ENCODING) && method_has_no_body(&method),
+    };
+    if !replayable {
+        let body = reqwest::Body::wrap_stream(body.into_data_stream());
+        let response = send(&state, &method, &url, &outgoing, body, &session).await?;
+        return Ok(into_response(response));
+    }
+
+    let bytes = axum::body::to_bytes(body, REPLAYABLE_BODY_LIMIT)
+        .await
+        .map_err(|_| GatewayError::BadRequest("the request body could not be read".into()))?;
+    let response = send(&state, &method, &url, &outgoing, bytes.clone(), &session).await?;
+    if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Ok(into_response(response));
+    }
+    // Pleo rejected a token we believed valid (revoked or expired early): refresh once, retry
+    // once. If another request already refreshed, the coordinator hands back that token.
+    tracing::info!(
+        session = session.key.short(),
+        "Pleo answered 401; refreshing once and retrying"
+    );
+    let rejected = session.data.access_token.expose_secret().to_owned();
+    let session = state
+        .refresher
+        .refresh_after_rejection(session.key.clone(), rejected)
+        .await
+        .map_err(|e| refresh_error(&state, e))?;
+    let response = send(&state, &method, &url, &outgoing, bytes, &session).await?;
+    Ok(into_response(response))
+}
+
+fn method_has_no_body(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    )
+}
+
+async fn send(
+    state: &AppState,
+    method: &Method,
+    url: &Url,
+    headers: &HeaderMap,
+    body: impl Into<reqwest::Body>,
+    session: &Session,
+) -> Result<reqwest::Response, GatewayError> {
+    let request = state
+        .pleo_api
+        .request(method.clone(), url.clone())
+        .headers(headers.clone())
+        .bearer_auth(session.data.access_token.expose_secret())
+        .body(body);
+    // The whole exchange up to the response head is bounded; the body then streams, bounded by
+    // the client's read timeout between chunks.
+    match tokio::time::timeout(state.config.pleo.request_timeout, request.send()).await {
+        Ok(result) => result.map_err(map_pleo_error),
+        Err(_) => Err(GatewayError::PleoTimeout),
+    }
+}
+
+fn into_response(upstream: reqwest::Response) -> Response {
+    let status =
+        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = headers::from_pleo(upstream.headers().clone());
+    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    if !response.headers().contains_key(header::CACHE_CONTROL) {
+        // Responses are per-user: no shared cache may keep them.
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    response
+}
+
+/// Classifies an outbound failure: timeouts are 504, everything else 502.
+pub fn map_pleo_error(error: reqwest::Error) -> GatewayError {
+    if error.is_timeout() {
+        GatewayError::PleoTimeout
+    } else {
+        tracing::warn!(error = %error, "Pleo API request failed");
+        GatewayError::PleoUnreachable
+    }
+}
+
+/// `{api_url}{path}?{query}`. `path` starts with `/`; the query is passed through as sent.
+pub fn pleo_api_url(
+    state: &AppState,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Url, GatewayError> {
+    let base = state.config.pleo.api_url.as_str().trim_end_matches('/');
+    let path = if path.starts_with('/') { path } else { "/" };
+    let mut url = Url::parse(&format!("{base}{path}"))
+        .map_err(|_| GatewayError::BadRequest("the Pleo API path is not valid".into()))?;
+    url.set_query(query);
+    Ok(url)
+}

@@ -1,0 +1,269 @@
+//! Sessions: what the gateway remembers about a logged-in browser, sealed at rest.
+//!
+//! [`Sessions`] is the typed layer over the byte-level [`Store`]: it hashes session ids into
+//! store keys, seals records with [`TokenCipher`] (bound to their key), and enforces the idle and
+//! absolute timeouts. Pending logins (`state` → PKCE verifier) live here too.
+
+pub mod cookie;
+pub mod id;
+pub mod memory_store;
+pub mod redis_store;
+pub mod store;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+pub use id::{SessionHasher, SessionId, SessionKey};
+pub use store::{CasOutcome, Store, StoreError, StoredSession};
+
+use crate::token::cipher::TokenCipher;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The tokens and identity of one session.
+#[derive(Clone, Debug)]
+pub struct SessionData {
+    /// Pleo access token.
+    pub access_token: SecretString,
+    /// Pleo refresh token; rotated on every refresh.
+    pub refresh_token: Option<SecretString>,
+    /// When the access token expires (unix ms), from `expires_in`.
+    pub access_expires_at_ms: u64,
+    /// The access token's full lifetime, to cap the refresh margin at half of it.
+    pub access_lifetime_ms: u64,
+    /// The subject URN (`urn:pleo:company:…` / `urn:pleo:organisation:…`).
+    pub subject: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// When the session was created (unix ms).
+    pub created_at_ms: u64,
+}
+
+/// The sealed, serialised form. Plain strings only exist transiently while (de)serialising.
+#[derive(Serialize, Deserialize)]
+struct SealedForm {
+    at: String,
+    rt: Option<String>,
+    exp: u64,
+    life: u64,
+    sub: Option<String>,
+    scopes: Vec<String>,
+    created: u64,
+}
+
+impl SessionData {
+    fn to_bytes(&self) -> Vec<u8> {
+        let form = SealedForm {
+            at: self.access_token.expose_secret().to_owned(),
+            rt: self
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned()),
+            exp: self.access_expires_at_ms,
+            life: self.access_lifetime_ms,
+            sub: self.subject.clone(),
+            scopes: self.scopes.clone(),
+            created: self.created_at_ms,
+        };
+        serde_json::to_vec(&form).unwrap_or_default()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let form: SealedForm = serde_json::from_slice(bytes).ok()?;
+        Some(Self {
+            access_token: SecretString::from(form.at),
+            refresh_token: form.rt.map(SecretString::from),
+            access_expires_at_ms: form.exp,
+            access_lifetime_ms: form.life,
+            subject: form.sub,
+            scopes: form.scopes,
+            created_at_ms: form.created,
+        })
+    }
+}
+
+/// A loaded session: where it lives, which version was read, and its contents.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The hashed store key.
+    pub key: SessionKey,
+    /// The version read; writes compare against it.
+    pub version: u64,
+    /// Unix ms when the session ends regardless of activity.
+    pub absolute_deadline_ms: u64,
+    /// Contents.
+    pub data: SessionData,
+}
+
+/// A pending login between `/auth/login` and `/auth/callback`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingLogin {
+    /// PKCE code verifier (secret until the token exchange).
+    pub pkce_verifier: String,
+    /// Where to go after login (already validated).
+    pub return_to: String,
+    /// `urn_pleo_params_oauth_subject` from an Initiation-URI login, if any.
+    pub subject_hint: Option<String>,
+}
+
+/// Typed access to sessions and pending logins.
+#[derive(Clone, Debug)]
+pub struct Sessions {
+    store: Store,
+    cipher: std::sync::Arc<TokenCipher>,
+    hasher: SessionHasher,
+    idle_timeout: Duration,
+    absolute_timeout: Duration,
+    login_ttl: Duration,
+}
+
+impl Sessions {
+    /// Wires a store with the key ring and timeouts.
+    pub fn new(
+        store: Store,
+        cipher: TokenCipher,
+        hasher: SessionHasher,
+        idle_timeout: Duration,
+        absolute_timeout: Duration,
+        login_ttl: Duration,
+    ) -> Self {
+        Self {
+            store,
+            cipher: std::sync::Arc::new(cipher),
+            hasher,
+            idle_timeout,
+            absolute_timeout,
+            login_ttl,
+        }
+    }
+
+    /// The backend, for readiness checks.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The absolute session lifetime (the cookie's `Max-Age`).
+    pub fn absolute_timeout(&self) -> Duration {
+        self.absolute_timeout
+    }
+
+    /// Finds the session for a cookie value and slides its idle expiry. A record that fails to
+    /// open (unknown key, tampered) reads as no session: the user logs in again, never a 500.
+    pub async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let now = now_ms();
+        for key in self.hasher.candidates(id.as_str()) {
+            if let Some(stored) = self
+                .store
+                .load_and_touch(key.as_str(), self.idle_timeout, now)
+                .await?
+            {
+                return Ok(self.open(key, stored));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-reads a session by key without sliding its expiry (used after waiting for a lock).
+    pub async fn reload(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
+        let stored = self.store.load(key.as_str(), now_ms()).await?;
+        Ok(stored.and_then(|s| self.open(key.clone(), s)))
+    }
+
+    fn open(&self, key: SessionKey, stored: StoredSession) -> Option<Session> {
+        let plain = match self.cipher.open(&stored.blob, key.as_str().as_bytes()) {
+            Ok(plain) => plain,
+            Err(e) => {
+                tracing::info!(session = key.short(), error = %e, "session record cannot be opened; treating as logged out");
+                return None;
+            }
+        };
+        let data = SessionData::from_bytes(&plain)?;
+        Some(Session {
+            key,
+            version: stored.version,
+            absolute_deadline_ms: stored.absolute_deadline_ms,
+            data,
+        })
+    }
+
+    /// Creates a brand-new session with a fresh id. Never reuses an id from before login, so a
+    /// cookie planted by an attacker before login (session fixation) is worthless after it.
+    pub async fn create(&self, data: SessionData) -> Result<(SessionId, Session), StoreError> {
+        let id = SessionId::generate();
+        let key = self.hasher.current(id.as_str());
+        let now = now_ms();
+        let deadline = now
+            .saturating_add(u64::try_from(self.absolute_timeout.as_millis()).unwrap_or(u64::MAX));
+        let blob = self.cipher.seal(&data.to_bytes(), key.as_str().as_bytes());
+        self.store
+            .create(key.as_str(), &blob, deadline, self.idle_timeout, now)
+            .await?;
+        let session = Session {
+            key,
+            version: 1,
+            absolute_deadline_ms: deadline,
+            data,
+        };
+        Ok((id, session))
+    }
+
+    /// Writes new contents if nobody wrote since `expected` was read.
+    pub async fn replace(
+        &self,
+        key: &SessionKey,
+        expected_version: u64,
+        data: &SessionData,
+    ) -> Result<CasOutcome, StoreError> {
+        let blob = self.cipher.seal(&data.to_bytes(), key.as_str().as_bytes());
+        self.store
+            .compare_and_set(
+                key.as_str(),
+                expected_version,
+                &blob,
+                self.idle_timeout,
+                now_ms(),
+            )
+            .await
+    }
+
+    /// Deletes a session (logout, or a grant Pleo has revoked).
+    pub async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.store.delete(key.as_str()).await
+    }
+
+    /// Remembers a pending login under its `state`.
+    pub async fn put_login(&self, state: &str, login: &PendingLogin) -> Result<(), StoreError> {
+        let key = self.hasher.current(state);
+        let plain = serde_json::to_vec(login).unwrap_or_default();
+        let blob = self.cipher.seal(&plain, login_context(&key).as_bytes());
+        self.store
+            .put_login(key.as_str(), &blob, self.login_ttl)
+            .await
+    }
+
+    /// Takes (once) the pending login for `state`.
+    pub async fn take_login(&self, state: &str) -> Result<Option<PendingLogin>, StoreError> {
+        let key = self.hasher.current(state);
+        let Some(blob) = self.store.take_login(key.as_str()).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .cipher
+            .open(&blob, login_context(&key).as_bytes())
+            .ok()
+            .and_then(|plain| serde_json::from_slice(&plain).ok()))
+    }
+}
+
+/// Associated data for login records, distinct from sessions' so one can never pass for the other.
+fn login_context(key: &SessionKey) -> String {
+    format!("login:{}", key.as_str())
+}

@@ -1,0 +1,169 @@
+//! Session identifiers: what the cookie holds, and the keyed hash under which Redis stores it.
+//!
+//! The cookie value is 256 random bits. Redis only ever sees an HMAC of it, keyed with a secret
+//! derived from the encryption keys, so a dump of the store (or `MONITOR`) gives nothing that can
+//! be replayed as a cookie.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+
+use crate::config::EncryptionKey;
+
+/// Length of an encoded session id (32 bytes, base64url without padding).
+const ENCODED_LEN: usize = 43;
+
+/// The secret value in the session cookie. Never logged, never stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionId(String);
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionId([redacted])")
+    }
+}
+
+impl SessionId {
+    /// A fresh id from the OS RNG.
+    pub fn generate() -> Self {
+        Self(random_token())
+    }
+
+    /// Accepts a cookie value only if it has exactly the shape we issue; anything else is
+    /// treated as "no session" without touching the store.
+    pub fn parse(value: &str) -> Option<Self> {
+        let well_formed = value.len() == ENCODED_LEN
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        well_formed.then(|| Self(value.to_owned()))
+    }
+
+    /// The cookie value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// 256 random bits, base64url: used for session ids and login `state` values.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The hashed form of a session id (or login state) as used in store keys. Safe to log.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey(String);
+
+impl SessionKey {
+    /// The hex digest.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// A short prefix for log lines and metrics labels: enough to correlate, useless to attack.
+    pub fn short(&self) -> &str {
+        &self.0[..12.min(self.0.len())]
+    }
+}
+
+/// Computes [`SessionKey`]s. Holds one HMAC key per configured encryption key; the first is
+/// current, the others let sessions created before a key rotation still be found.
+#[derive(Clone)]
+pub struct SessionHasher {
+    keys: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SessionHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHasher")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl SessionHasher {
+    /// Derives one hashing key per encryption key (domain-separated, so the hash key is never
+    /// the encryption key itself).
+    pub fn new(keys: &[EncryptionKey]) -> Self {
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(k.bytes())
+                    .unwrap_or_else(|_| unreachable_hmac());
+                mac.update(b"pleo-gateway session-id hashing key v1");
+                mac.finalize().into_bytes().into()
+            })
+            .collect();
+        Self { keys }
+    }
+
+    /// The key under the current (first) hashing key.
+    pub fn current(&self, id: &str) -> SessionKey {
+        self.with_key(0, id)
+    }
+
+    /// Every candidate key, current first: lookups try them in order after a rotation.
+    pub fn candidates<'a>(&'a self, id: &'a str) -> impl Iterator<Item = SessionKey> + 'a {
+        (0..self.keys.len()).map(move |i| self.with_key(i, id))
+    }
+
+    fn with_key(&self, index: usize, id: &str) -> SessionKey {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.keys[index])
+            .unwrap_or_else(|_| unreachable_hmac());
+        mac.update(id.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut hex = String::with_capacity(64);
+        for byte in digest {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        SessionKey(hex)
+    }
+}
+
+/// HMAC accepts keys of any length; this exists only to avoid an `expect` on that invariant.
+fn unreachable_hmac() -> Hmac<Sha256> {
+    unreachable!("HMAC-SHA256 accepts keys of any length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn generated_ids_parse_and_differ() {
+        let a = SessionId::generate();
+        let b = SessionId::generate();
+        assert_ne!(a, b);
+        assert_eq!(SessionId::parse(a.as_str()), Some(a));
+    }
+
+    #[test]
+    fn debug_never_shows_the_id() {
+        let id = SessionId::generate();
+        assert!(!format!("{id:?}").contains(id.as_str()));
+    }
+
+    #[test]
+    fn hashing_is_keyed_and_rotatable() {
+        let a = EncryptionKey::generate();
+        let b = EncryptionKey::generate();
+        let id = SessionId::generate();
+        let old = SessionHasher::new(std::slice::from_ref(&a)).current(id.as_str());
+        let rotated = SessionHasher::new(&[b, a]);
+        assert_ne!(rotated.current(id.as_str()), old);
+        assert!(rotated.candidates(id.as_str()).any(|k| k == old));
+        assert!(!old.as_str().contains(id.as_str()));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_rejects_anything_not_shaped_like_an_id(s in "\\PC{0,80}") {
+            if let Some(id) = SessionId::parse(&s) {
+                prop_assert_eq!(id.as_str().len(), ENCODED_LEN);
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! In-process session store for a single instance (the demo, local development, tests).
+//!
+//! Same semantics as the Redis store, including versioned writes and single-use logins, so the
+//! same tests run against both. Expired entries are dropped lazily and by a sweep on insert.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use super::store::{CasOutcome, StoreError, StoredSession};
+
+#[derive(Debug)]
+struct Entry {
+    session: StoredSession,
+    expires_at_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<String, Entry>,
+    logins: HashMap<String, (Vec<u8>, std::time::Instant)>,
+    inserts: u64,
+}
+
+/// A `HashMap` behind a mutex; never held across an await.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// Sweep expired entries every this many inserts, so an idle map cannot grow without bound.
+const SWEEP_EVERY: u64 = 256;
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-written entry (every update is a
+        // single insert), so a poisoned lock is safe to keep using.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) async fn load_and_touch(
+        &self,
+        key: &str,
+        idle: Duration,
+        now_ms: u64,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = live(&mut inner, key, now_ms) else {
+            return Ok(None);
+        };
+        entry.expires_at_ms = (now_ms + ms(idle)).min(entry.session.absolute_deadline_ms);
+        Ok(Some(entry.session.clone()))
+    }
+
+    pub(super) async fn load(
+        &self,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let mut inner = self.lock();
+        Ok(live(&mut inner, key, now_ms).map(|e| e.session.clone()))
+    }
+
+    pub(super) async fn create(
+        &self,
+        key: &str,
+        blob: &[u8],
+        absolute_deadline_ms: u64,
+        idle: Duration,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.inserts += 1;
+        if inner.inserts % SWEEP_EVERY == 0 {
+            inner.sessions.retain(|_, e| e.expires_at_ms > now_ms);
+            let now = std::time::Instant::now();
+            inner.logins.retain(|_, (_, until)| *until > now);
+        }
+        inner.sessions.insert(
+            key.to_owned(),
+            Entry {
+                session: StoredSession {
+                    version: 1,
+                    blob: blob.to_vec(),
+                    absolute_deadline_ms,
+                },
+                expires_at_ms: (now_ms + ms(idle)).min(absolute_deadline_ms),
+            },
+        );
+        Ok(())
+    }
+
+    pub(super) async fn compare_and_set(
+        &self,
+        key: &str,
+        expected_version: u64,
+        blob: &[u8],
+        idle: Duration,
+        now_ms: u64,
+    ) -> Result<CasOutcome, StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = live(&mut inner, key, now_ms) else {
+            return Ok(CasOutcome::Missing);
+        };
+        if entry.session.version != expected_version {
+            return Ok(CasOutcome::Conflict);
+        }
+        entry.session.version += 1;
+        entry.session.blob = blob.to_vec();
+        entry.expires_at_ms = (now_ms + ms(idle)).min(entry.session.absolute_deadline_ms);
+        Ok(CasOutcome::Written(entry.session.version))
+    }
+
+    pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().sessions.remove(key);
+        Ok(())
+    }
+
+    pub(super) async fn put_login(
+        &self,
+        key: &str,
+        blob: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let until = std::time::Instant::now() + ttl;
+        self.lock()
+            .logins
+            .insert(key.to_owned(), (blob.to_vec(), until));
+        Ok(())
+    }
+
+    pub(super) async fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let taken = self.lock().logins.remove(key);
+        Ok(taken
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(blob, _)| blob))
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The entry if present and not expired; drops it when expired.
+fn live<'a>(inner: &'a mut Inner, key: &str, now_ms: u64) -> Option<&'a mut Entry> {
+    let expired = inner
+        .sessions
+        .get(key)
+        .is_some_and(|e| e.expires_at_ms <= now_ms);
+    if expired {
+        inner.sessions.remove(key);
+        return None;
+    }
+    inner.sessions.get_mut(key)
+}

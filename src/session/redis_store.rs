@@ -1,0 +1,418 @@
+//! Redis session store: standalone (`redis://`, `rediss://`), Sentinel (`redis+sentinel://`) and
+//! Cluster (`redis+cluster://`).
+//!
+//! Layout, every key under the configured prefix:
+//! - `{prefix}session:{hmac}` — a hash: `v` (version), `d` (sealed record), `a` (absolute
+//!   deadline, unix ms). Its TTL is the idle timeout, capped at the absolute deadline.
+//! - `{prefix}login:{hmac}` — a sealed pending login, taken with `GETDEL` so a state works once.
+//!
+//! Every multi-step operation is one Lua script on one key, so it is atomic and cluster-safe.
+
+use std::{sync::Arc, time::Duration};
+
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisFuture, Script, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    sentinel::{SentinelClient, SentinelServerType},
+};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::store::{CasOutcome, StoreError, StoredSession};
+
+/// How long a single Redis command may take before it counts as a failure. Short, because a
+/// request waiting on the store is a user waiting.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Loads a session and slides its TTL: min(idle, absolute deadline - now). Deletes it when the
+/// absolute deadline has passed.
+const LOAD_AND_TOUCH: &str = r"
+local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'a')
+if not r[1] then return false end
+local now = tonumber(ARGV[2])
+local abs = tonumber(r[3])
+if abs <= now then redis.call('DEL', KEYS[1]) return false end
+redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), abs - now))
+return r
+";
+
+/// Replaces the record only if the version is unchanged; returns the new version, -1 when the
+/// session is gone, -2 on a version conflict.
+const COMPARE_AND_SET: &str = r"
+local r = redis.call('HMGET', KEYS[1], 'v', 'a')
+if not r[1] then return -1 end
+if r[1] ~= ARGV[1] then return -2 end
+local now = tonumber(ARGV[4])
+local abs = tonumber(r[2])
+if abs <= now then redis.call('DEL', KEYS[1]) return -1 end
+local v = tonumber(r[1]) + 1
+redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[3]), abs - now))
+return v
+";
+
+/// Creates a session at version 1 with its TTL in one step.
+const CREATE: &str = r"
+redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1], 'a', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+struct Scripts {
+    load_and_touch: Script,
+    compare_and_set: Script,
+    create: Script,
+}
+
+/// A Redis-backed store; cheap to clone (connections are multiplexed and shared).
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: RedisConn,
+    prefix: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RedisStore {
+    /// Builds a store for `url`. Standalone and Sentinel connect lazily, so the gateway starts
+    /// (and reports not-ready) while Redis is down; Cluster needs its nodes to discover slots.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let conn = RedisConn::open(url).await?;
+        Ok(Self {
+            conn,
+            prefix: Arc::from(prefix),
+            scripts: Arc::new(Scripts {
+                load_and_touch: Script::new(LOAD_AND_TOUCH),
+                compare_and_set: Script::new(COMPARE_AND_SET),
+                create: Script::new(CREATE),
+            }),
+        })
+    }
+
+    fn session_key(&self, key: &str) -> String {
+        format!("{}session:{}", self.prefix, key)
+    }
+
+    fn login_key(&self, key: &str) -> String {
+        format!("{}login:{}", self.prefix, key)
+    }
+
+    pub(super) async fn load_and_touch(
+        &self,
+        key: &str,
+        idle: Duration,
+        now_ms: u64,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Option<(u64, Vec<u8>, u64)> = self
+            .scripts
+            .load_and_touch
+            .key(self.session_key(key))
+            .arg(ms(idle))
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(
+            reply.map(|(version, blob, absolute_deadline_ms)| StoredSession {
+                version,
+                blob,
+                absolute_deadline_ms,
+            }),
+        )
+    }
+
+    pub(super) async fn load(
+        &self,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let mut conn = self.conn.clone();
+        let (version, blob, absolute): (Option<u64>, Option<Vec<u8>>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(self.session_key(key))
+                .arg("v")
+                .arg("d")
+                .arg("a")
+                .query_async(&mut conn)
+                .await?;
+        match (version, blob, absolute) {
+            (Some(version), Some(blob), Some(absolute_deadline_ms))
+                if absolute_deadline_ms > now_ms =>
+            {
+                Ok(Some(StoredSession {
+                    version,
+                    blob,
+                    absolute_deadline_ms,
+                }))
+            }
+            (None, None, None) => Ok(None),
+            (Some(_), Some(_), Some(_)) => Ok(None),
+            _ => Err(StoreError::Corrupt("session hash is missing fields")),
+        }
+    }
+
+    pub(super) async fn create(
+        &self,
+        key: &str,
+        blob: &[u8],
+        absolute_deadline_ms: u64,
+        idle: Duration,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let ttl = ms(idle)
+            .min(absolute_deadline_ms.saturating_sub(now_ms))
+            .max(1);
+        let _: i64 = self
+            .scripts
+            .create
+            .key(self.session_key(key))
+            .arg(blob)
+            .arg(absolute_deadline_ms)
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn compare_and_set(
+        &self,
+        key: &str,
+        expected_version: u64,
+        blob: &[u8],
+        idle: Duration,
+        now_ms: u64,
+    ) -> Result<CasOutcome, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: i64 = self
+            .scripts
+            .compare_and_set
+            .key(self.session_key(key))
+            .arg(expected_version)
+            .arg(blob)
+            .arg(ms(idle))
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match reply {
+            -1 => CasOutcome::Missing,
+            -2 => CasOutcome::Conflict,
+            v => CasOutcome::Written(u64::try_from(v).map_err(|_| StoreError::Corrupt("version"))?),
+        })
+    }
+
+    pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.session_key(key))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn put_login(
+        &self,
+        key: &str,
+        blob: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(self.login_key(key))
+            .arg(blob)
+            .arg("PX")
+            .arg(ms(ttl).max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("GETDEL")
+            .arg(self.login_key(key))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// One connection handle for the three deployment shapes.
+#[derive(Clone)]
+enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelConn>),
+}
+
+/// A master found through Sentinel. The connection is dropped on connection-level errors (and
+/// `READONLY`, which a demoted master answers), so the next command asks Sentinel again and
+/// follows a failover.
+struct SentinelConn {
+    sentinel: AsyncMutex<SentinelClient>,
+    current: AsyncMutex<Option<ConnectionManager>>,
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2))
+}
+
+impl RedisConn {
+    async fn open(url: &str) -> Result<Self, StoreError> {
+        if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            let nodes = node_urls(rest, "redis")?;
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                .build()?;
+            return Ok(Self::Cluster(client.get_async_connection().await?));
+        }
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let (nodes_part, master) = rest.rsplit_once('/').ok_or_else(|| {
+                StoreError::Redis(
+                    (
+                        ErrorKind::InvalidClientConfig,
+                        "redis+sentinel:// needs /MASTER_NAME",
+                    )
+                        .into(),
+                )
+            })?;
+            let nodes = node_urls(nodes_part, "redis")?;
+            let client =
+                SentinelClient::build(nodes, master.to_owned(), None, SentinelServerType::Master)?;
+            return Ok(Self::Sentinel(Arc::new(SentinelConn {
+                sentinel: AsyncMutex::new(client),
+                current: AsyncMutex::new(None),
+            })));
+        }
+        let client = redis::Client::open(url)?;
+        Ok(Self::Single(ConnectionManager::new_lazy_with_config(
+            client,
+            manager_config(),
+        )?))
+    }
+}
+
+/// Splits `user:pass@h1:p1,h2:p2` into `redis://user:pass@h1:p1`, `redis://user:pass@h2:p2`.
+fn node_urls(spec: &str, scheme: &str) -> Result<Vec<String>, StoreError> {
+    let (auth, hosts) = match spec.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), spec),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{auth}{h}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(StoreError::Redis(
+            (ErrorKind::InvalidClientConfig, "no Redis nodes given").into(),
+        ));
+    }
+    Ok(nodes)
+}
+
+impl SentinelConn {
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        let mut current = self.current.lock().await;
+        if let Some(conn) = current.as_ref() {
+            return Ok(conn.clone());
+        }
+        let client = self.sentinel.lock().await.async_get_client().await?;
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
+        *current = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn forget_on_failover(&self, error: &redis::RedisError) {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        {
+            *self.current.lock().await = None;
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(s) => Box::pin(async move {
+                let mut conn = s.connection().await?;
+                let result = conn.req_packed_command(cmd).await;
+                if let Err(e) = &result {
+                    s.forget_on_failover(e).await;
+                }
+                result
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(s) => Box::pin(async move {
+                let mut conn = s.connection().await?;
+                let result = conn.req_packed_commands(pipeline, offset, count).await;
+                if let Err(e) = &result {
+                    s.forget_on_failover(e).await;
+                }
+                result
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_urls_keep_credentials_on_every_node() {
+        assert_eq!(
+            node_urls("u:p@h1:1,h2:2", "redis").unwrap(),
+            vec!["redis://u:p@h1:1", "redis://u:p@h2:2"]
+        );
+        assert_eq!(node_urls("h1:1", "redis").unwrap(), vec!["redis://h1:1"]);
+        assert!(node_urls("", "redis").is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! Refreshing access tokens exactly once per session, however many requests want it at once.
+//!
+//! Pleo rotates refresh tokens and treats the reuse of a rotated one as an attack that revokes
+//! the whole grant. So two requests must never both spend the same refresh token:
+//!
+//! 1. Requests that find the token inside the refresh margin ask [`RefreshCoordinator`].
+//! 2. Per session, one task at a time holds the refresh lock; the others queue behind it.
+//! 3. Whoever holds the lock re-reads the session first: if a previous holder already stored a
+//!    new pair, it uses that and sends nothing.
+//! 4. The new pair is written with a version check before anyone uses it.
+//!
+//! The refresh runs in its own task, so a client that disconnects mid-refresh cannot cancel it
+//! between "Pleo rotated the pair" and "we stored the new pair" — the one gap that would lose the
+//! grant.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use secrecy::ExposeSecret;
+
+use super::oauth::{PleoOAuth, TokenError};
+use crate::session::{CasOutcome, Session, SessionKey, Sessions, StoreError, now_ms};
+
+/// How long clients are told to wait after a transient refresh failure.
+const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Attempts at storing a new pair when unrelated writes race with it.
+const MAX_STORE_ATTEMPTS: usize = 3;
+/// How long to keep retrying to store a pair Pleo has already issued through store errors.
+const STORE_RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// Why a fresh token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// Pleo rejected the refresh token: the grant is over, and the session was deleted.
+    #[error("the grant was rejected by Pleo ({0}); the session has ended")]
+    Ended(String),
+    /// The session disappeared meanwhile (logged out in another tab).
+    #[error("the session no longer exists")]
+    Gone,
+    /// Pleo could not be asked right now; the session is kept.
+    #[error("refresh failed transiently: {reason}")]
+    Unavailable {
+        /// For logs only.
+        reason: String,
+        /// For the `Retry-After` header.
+        retry_after: Duration,
+    },
+    /// The store failed; the session is kept.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Hands out sessions whose access token is fresh, refreshing at most once at a time per session.
+#[derive(Debug)]
+pub struct RefreshCoordinator {
+    oauth: Arc<PleoOAuth>,
+    sessions: Sessions,
+    margin: Duration,
+    locks: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl RefreshCoordinator {
+    /// `margin` is `pleo.refresh_before_expiry`.
+    pub fn new(oauth: Arc<PleoOAuth>, sessions: Sessions, margin: Duration) -> Self {
+        Self {
+            oauth,
+            sessions,
+            margin,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the session's access token is inside its refresh margin: `refresh_before_expiry`,
+    /// capped at half the token's lifetime so a short-lived token is not refreshed constantly.
+    pub fn needs_refresh(&self, session: &Session, now_ms: u64) -> bool {
+        let margin_ms = u64::try_from(self.margin.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(session.data.access_lifetime_ms / 2);
+        now_ms.saturating_add(margin_ms) >= session.data.access_expires_at_ms
+    }
+
+    /// Returns `session` if its token is fresh, else a refreshed copy.
+    pub async fn fresh(self: &Arc<Self>, session: Session) -> Result<Session, RefreshError> {
+        if !self.needs_refresh(&session, now_ms()) {
+            return Ok(session);
+        }
+        self.refresh(session.key, None).await
+    }
+
+    /// Refreshes because Pleo answered 401 to `rejected_access_token`, unless the stored token
+    /// has already changed (someone else refreshed), in which case that one is returned.
+    pub async fn refresh_after_rejection(
+        self: &Arc<Self>,
+        key: SessionKey,
+        rejected_access_token: String,
+    ) -> Result<Session, RefreshError> {
+        self.refresh(key, Some(rejected_access_token)).await
+    }
+
+    async fn refresh(
+        self: &Arc<Self>,
+        key: SessionKey,
+        rejected: Option<String>,
+    ) -> Result<Session, RefreshError> {
+        let this = Arc::clone(self);
+        // Spawned: once started, the refresh completes and is stored even if our caller is gone.
+        let task = tokio::spawn(async move { this.refresh_locked(key, rejected).await });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(RefreshError::Unavailable {
+                reason: format!("refresh task failed: {e}"),
+                retry_after: REFRESH_RETRY_AFTER,
+            }),
+        }
+    }
+
+    fn local_lock(&self, key: &SessionKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(locks.entry(key.clone()).or_default())
+    }
+
+    fn release_local_lock(&self, key: &SessionKey, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Two references left (the map's and ours) means nobody else is queued: forget it.
+        if Arc::strong_count(&lock) <= 2 {
+            locks.remove(key);
+        }
+    }
+
+    async fn refresh_locked(
+        &self,
+        key: SessionKey,
+        rejected: Option<String>,
+    ) -> Result<Session, RefreshError> {
+        let lock = self.local_lock(&key);
+        let result = {
+            let _held = lock.lock().await;
+            self.refresh_holding_lock(&key, rejected.as_deref()).await
+        };
+        self.release_local_lock(&key, lock);
+        result
+    }
+
+    async fn refresh_holding_lock(
+        &self,
+        key: &SessionKey,
+        rejected: Option<&str>,
+    ) -> Result<Session, RefreshError> {
+        // Re-read under the lock: whoever held it before us may have stored a new pair already.
+        let current = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
+        let still_needed = match rejected {
+            Some(bad) => current.data.access_token.expose_secret() == bad,
+            None => self.needs_refresh(&current, now_ms()),
+        };
+        if !still_needed {
+            return Ok(current);
+        }
+        let Some(refresh_token) = current.data.refresh_token.clone() else {
+            self.sessions.delete(key).await?;
+            return Err(RefreshError::Ended("no refresh token".into()));
+        };
+        tracing::debug!(session = key.short(), "refreshing access token");
+        match self.oauth.refresh(&refresh_token).await {
+            Ok(tokens) => {
+                let mut data = current.data.clone();
+                let issued = now_ms();
+                let lifetime_ms = tokens.expires_in.map_or(data.access_lifetime_ms, |d| {
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+                });
+                data.access_token = tokens.access_token;
+                // Pleo always rotates; keep the old one only if a server does not.
+                if let Some(rt) = tokens.refresh_token {
+                    data.refresh_token = Some(rt);
+                }
+                data.access_expires_at_ms = issued.saturating_add(lifetime_ms);
+                data.access_lifetime_ms = lifetime_ms;
+                if let Some(scopes) = tokens.scopes {
+                    data.scopes = scopes;
+                }
+                self.store_refreshed(key, current, data, refresh_token.expose_secret())
+                    .await
+            }
+            Err(TokenError::Rejected { error }) => {
+                // A rejection of a token the store no longer holds is not the end: someone
+                // (another replica, not holding our lock) already rotated. Use theirs.
+                if let Some(latest) = self.sessions.reload(key).await? {
+                    let rotated = latest
+                        .data
+                        .refresh_token
+                        .as_ref()
+                        .is_some_and(|t| t.expose_secret() != refresh_token.expose_secret());
+                    if rotated {
+                        return Ok(latest);
+                    }
+                }
+                tracing::info!(session = key.short(), error = %error, "refresh rejected; ending session");
+                self.sessions.delete(key).await?;
+                Err(RefreshError::Ended(error))
+            }
+            Err(e) => {
+                tracing::warn!(session = key.short(), error = %e, "refresh failed transiently; session kept");
+                Err(RefreshError::Unavailable {
+                    reason: e.to_string(),
+                    retry_after: REFRESH_RETRY_AFTER,
+                })
+            }
+        }
+    }
+
+    /// Writes the new pair with a version check. A conflicting write that did not rotate the
+    /// refresh token (so ours is still the newest pair) is retried on top of; one that did
+    /// rotate wins, because its pair was issued after ours was spent.
+    async fn store_refreshed(
+        &self,
+        key: &SessionKey,
+        mut base: Session,
+        data: crate::session::SessionData,
+        spent_refresh_token: &str,
+    ) -> Result<Session, RefreshError> {
+        let mut conflicts = 0;
+        let mut backoff = Duration::from_millis(100);
+        let give_up_at = std::time::Instant::now() + STORE_RETRY_WINDOW;
+        while conflicts < MAX_STORE_ATTEMPTS {
+            let outcome = match self.sessions.replace(key, base.version, &data).await {
+                Ok(outcome) => outcome,
+                // Pleo has already rotated: the pair we hold is the only valid one. Losing it
+                // would log the user out, so keep trying through a store hiccup.
+                Err(e) if std::time::Instant::now() < give_up_at => {
+                    tracing::warn!(session = key.short(), error = %e, "storing refreshed tokens failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match outcome {
+                CasOutcome::Written(version) => {
+                    return Ok(Session {
+                        key: key.clone(),
+                        version,
+                        absolute_deadline_ms: base.absolute_deadline_ms,
+                        data,
+                    });
+                }
+                CasOutcome::Missing => return Err(RefreshError::Gone),
+                CasOutcome::Conflict => {
+                    let latest = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
+                    let same_grant_state = latest
+                        .data
+                        .refresh_token
+                        .as_ref()
+                        .is_some_and(|t| t.expose_secret() == spent_refresh_token);
+                    if !same_grant_state {
+                        return Ok(latest);
+                    }
+                    base = latest;
+                    conflicts += 1;
+                }
+            }
+        }
+        Err(RefreshError::Unavailable {
+            reason: "could not store the refreshed tokens".into(),
+            retry_after: REFRESH_RETRY_AFTER,
+        })
+    }
+}
