@@ -134,9 +134,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// The router with the whole middleware stack. Separate from serving so tests can drive it
 /// with `oneshot` or a real listener.
 pub fn app(state: AppState) -> Router {
+    crate::telemetry::metrics_handle();
     let pleo_route = format!("{}/{{*path}}", state.config.proxy.pleo_prefix);
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let router = Router::new()
         .route("/auth/login", get(auth::begin_login))
         .route("/auth/callback", get(auth::complete_login))
         .route("/auth/session", get(auth::session_info))
@@ -145,8 +146,15 @@ pub fn app(state: AppState) -> Router {
         .route("/auth/check", get(auth::check))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(&pleo_route, any(proxy::proxy_to_pleo))
+        .route(&pleo_route, any(proxy::proxy_to_pleo));
+    let router = if state.config.server.metrics_listen.is_none() {
+        router.route("/metrics", get(crate::telemetry::render_metrics))
+    } else {
+        router
+    };
+    router
         .fallback(not_found)
+        .route_layer(middleware::from_fn(crate::telemetry::track_requests))
         .with_state(state)
         // Outermost last: request ids exist before tracing starts; secrets are marked sensitive
         // before anything could log headers; panics become 500s instead of dropped connections.
@@ -188,16 +196,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves `router` on `listener` with default limits until `shutdown` resolves, then drains
+/// in-flight requests. `main` uses [`crate::server::serve`] with the configured limits.
 pub async fn run(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    crate::server::serve(
         listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router,
+        crate::server::ServeOptions::default(),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
     .await
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod mock_pleo;
 pub mod proxy;
+pub mod server;
 pub mod session;
 pub mod token;
 pub mod cli;

@@ -69,11 +69,30 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let listen = config.server.listen;
+    let options = pleo_gateway::server::ServeOptions {
+        max_header_bytes: config.server.max_header_bytes,
+        shutdown_timeout: config.server.shutdown_timeout,
+        ..Default::default()
+    };
     let store = app::open_store(&config).await?;
     let state = app::AppState::new(config, store)?;
+    if let Some(metrics_addr) = state.config.server.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+        tracing::info!(address = %metrics_addr, "metrics listening");
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(pleo_gateway::telemetry::render_metrics),
+        );
+        tokio::spawn(pleo_gateway::server::serve(
+            metrics_listener,
+            router,
+            pleo_gateway::server::ServeOptions::default(),
+            shutdown::signal(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "pleo-gateway listening");
-    app::run(listener, app::app(state), shutdown::signal()).await?;
+    pleo_gateway::server::serve(listener, app::app(state), options, shutdown::signal()).await?;
     tracing::info!("pleo-gateway stopped");
     Ok(())
 }

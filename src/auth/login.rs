@@ -142,20 +142,20 @@ pub async fn complete_login(
         // as unknown and the session still works for API calls.
         Err(e) => tracing::warn!(error = %e, "could not read the subject after login"),
     }
-    if let (Some(expected), Some(actual)) = (&pending.subject_hint, &data.subject) {
-        if expected != actual {
-            return Err(GatewayError::BadRequest(
-                "Pleo authorised a different company or organisation than the one this login was started for".into(),
-            ));
-        }
+    if let (Some(expected), Some(actual)) = (&pending.subject_hint, &data.subject)
+        && expected != actual
+    {
+        return Err(GatewayError::BadRequest(
+            "Pleo authorised a different company or organisation than the one this login was started for".into(),
+        ));
     }
 
     // A session that existed before login is ended, and a new id is issued: an id planted in the
     // browser before login (session fixation) must be worthless after it.
-    if let Ok(Some(old)) = current_session(&state, &headers).await {
-        if let Err(e) = state.sessions.delete(&old.key).await {
-            tracing::warn!(error = %e, "could not delete the pre-login session");
-        }
+    if let Ok(Some(old)) = current_session(&state, &headers).await
+        && let Err(e) = state.sessions.delete(&old.key).await
+    {
+        tracing::warn!(error = %e, "could not delete the pre-login session");
     }
     let (id, session) = state.sessions.create(data).await?;
     tracing::info!(

@@ -80,10 +80,12 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     // Consent pages must not be cached or framed: a framed Approve button is clickjacking.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // No `form-action`: browsers apply it to the redirect that follows the decision, which
+    // goes to the client's origin and would be blocked.
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
         ),
     );
     response

@@ -52,7 +52,12 @@ impl Reply {
 
     /// The query parameters of the `Location` this reply redirects to.
     fn redirect_params(&self) -> HashMap<String, String> {
-        assert_eq!(self.status, StatusCode::FOUND, "expected a redirect: {}", self.text());
+        assert_eq!(
+            self.status,
+            StatusCode::FOUND,
+            "expected a redirect: {}",
+            self.text()
+        );
         let location = url::Url::parse(self.header(header::LOCATION).unwrap()).unwrap();
         location.query_pairs().into_owned().collect()
     }
@@ -108,7 +113,9 @@ fn authorize_uri(changes: &[(&str, Option<&str>)]) -> String {
 }
 
 async fn authorize(mock: &MockPleo, changes: &[(&str, Option<&str>)]) -> Reply {
-    let request = Request::get(authorize_uri(changes)).body(Body::empty()).unwrap();
+    let request = Request::get(authorize_uri(changes))
+        .body(Body::empty())
+        .unwrap();
     send(mock, request).await
 }
 
@@ -133,8 +140,8 @@ async fn post_form(
     let body = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
-    let mut request = Request::post(path)
-        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    let mut request =
+        Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     if let Some((id, secret)) = basic_auth {
         request = request.header(header::AUTHORIZATION, basic(id, secret));
     }

@@ -82,7 +82,7 @@ impl MemoryStore {
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         inner.inserts += 1;
-        if inner.inserts % SWEEP_EVERY == 0 {
+        if inner.inserts.is_multiple_of(SWEEP_EVERY) {
             inner.sessions.retain(|_, e| e.expires_at_ms > now_ms);
             let now = std::time::Instant::now();
             inner.logins.retain(|_, (_, until)| *until > now);

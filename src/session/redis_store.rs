@@ -300,8 +300,7 @@ impl RedisConn {
                 )
             })?;
             let nodes = node_urls(nodes_part, "redis")?;
-            let client =
-                SentinelClient::build(nodes, master.to_owned(), None, SentinelServerType::Master)?;
+            let client = SentinelClient::build(nodes, master, None, SentinelServerType::Master)?;
             return Ok(Self::Sentinel(Arc::new(SentinelConn {
                 sentinel: AsyncMutex::new(client),
                 current: AsyncMutex::new(None),

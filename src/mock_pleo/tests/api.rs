@@ -49,14 +49,20 @@ async fn employees_honour_limit_and_cursor() {
     assert_eq!(all["data"].as_array().unwrap().len() as u64, total);
     assert_eq!(all["pagination"]["hasNextPage"], false);
 
-    let page = api_get(&mock, "/v2/employees?limit=3", Some(&access)).await.json();
+    let page = api_get(&mock, "/v2/employees?limit=3", Some(&access))
+        .await
+        .json();
     assert_eq!(page["data"].as_array().unwrap().len(), 3);
     assert_eq!(page["pagination"]["hasNextPage"], true);
     assert_eq!(page["pagination"]["hasPreviousPage"], false);
     let cursor = page["pagination"]["endCursor"].as_str().unwrap();
-    let next = api_get(&mock, &format!("/v2/employees?limit=3&after={cursor}"), Some(&access))
-        .await
-        .json();
+    let next = api_get(
+        &mock,
+        &format!("/v2/employees?limit=3&after={cursor}"),
+        Some(&access),
+    )
+    .await
+    .json();
     assert_eq!(next["data"][0]["id"], all["data"][3]["id"]);
     assert_eq!(next["pagination"]["hasPreviousPage"], true);
 
@@ -74,7 +80,10 @@ async fn expired_access_tokens_get_401_until_refreshed() {
     assert_eq!(reply.json()["message"], "The JWT token has expired");
     let fresh = refresh(&mock, &refresh_token).await.json();
     let access = fresh["access_token"].as_str().unwrap();
-    assert_eq!(api_get(&mock, "/v1/introspect", Some(access)).await.status, StatusCode::OK);
+    assert_eq!(
+        api_get(&mock, "/v1/introspect", Some(access)).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -98,7 +107,10 @@ async fn deleting_the_installation_revokes_the_grant() {
         .unwrap();
     assert_eq!(send(&mock, delete).await.status, StatusCode::NO_CONTENT);
     assert_unauthorized(&api_get(&mock, "/v1/introspect", Some(&access)).await);
-    assert_eq!(refresh(&mock, &refresh_token).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refresh(&mock, &refresh_token).await.status,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(mock.stats().installations_deleted, 1);
     assert_eq!(mock.stats().reuse_detections, 0);
 }
@@ -111,7 +123,10 @@ async fn revoke_all_kills_every_grant() {
     mock.revoke_all();
     assert_unauthorized(&api_get(&mock, "/v1/introspect", Some(&access1)).await);
     assert_unauthorized(&api_get(&mock, "/v1/introspect", Some(&access2)).await);
-    assert_eq!(refresh(&mock, &refresh2).await.json()["error"], "invalid_grant");
+    assert_eq!(
+        refresh(&mock, &refresh2).await.json()["error"],
+        "invalid_grant"
+    );
 }
 
 #[tokio::test]
@@ -136,7 +151,10 @@ async fn echo_returns_method_path_headers_and_body_digest() {
     assert_eq!(echo["headers"]["x-custom"], "one, two");
     assert_eq!(echo["headers"]["content-type"], "application/octet-stream");
     assert_eq!(echo["body_bytes"], 200_000);
-    let digest: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(echo["body_sha256"], digest);
 
     assert_unauthorized(&api_get(&mock, "/echo/x", None).await);
@@ -149,10 +167,22 @@ async fn big_streams_the_requested_number_of_bytes() {
     let n = 3 * 64 * 1024 + 17;
     let reply = api_get(&mock, &format!("/big?bytes={n}"), Some(&access)).await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.header(header::CONTENT_LENGTH), Some(n.to_string().as_str()));
-    assert_eq!(reply.header(header::CONTENT_TYPE), Some("application/octet-stream"));
+    assert_eq!(
+        reply.header(header::CONTENT_LENGTH),
+        Some(n.to_string().as_str())
+    );
+    assert_eq!(
+        reply.header(header::CONTENT_TYPE),
+        Some("application/octet-stream")
+    );
     assert_eq!(reply.body.len(), n);
-    assert!(reply.body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8));
+    assert!(
+        reply
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 256) as u8)
+    );
 
     let too_big = api_get(&mock, "/big?bytes=1073741825", Some(&access)).await;
     assert_eq!(too_big.status, StatusCode::BAD_REQUEST);
@@ -163,7 +193,11 @@ async fn big_streams_the_requested_number_of_bytes() {
 async fn stats_are_served_as_json() {
     let mock = mock_with(true);
     login(&mock).await;
-    let reply = send(&mock, Request::get("/_mock/stats").body(Body::empty()).unwrap()).await;
+    let reply = send(
+        &mock,
+        Request::get("/_mock/stats").body(Body::empty()).unwrap(),
+    )
+    .await;
     let stats = reply.json();
     assert_eq!(stats["authorization_code_grants"], 1);
     assert_eq!(stats["token_requests"], 1);

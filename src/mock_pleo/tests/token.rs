@@ -68,14 +68,21 @@ async fn code_is_single_use_and_replay_revokes_its_tokens() {
     let code = obtain_code(&mock, &[]).await;
     let first = exchange_code(&mock, &code).await.json();
     let access = first["access_token"].as_str().unwrap();
-    assert_eq!(api_get(&mock, "/v1/introspect", Some(access)).await.status, StatusCode::OK);
+    assert_eq!(
+        api_get(&mock, "/v1/introspect", Some(access)).await.status,
+        StatusCode::OK
+    );
 
     let replay = exchange_code(&mock, &code).await;
     assert_oauth_error(&replay, StatusCode::BAD_REQUEST, "invalid_grant");
     let status = api_get(&mock, "/v1/introspect", Some(access)).await.status;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let refresh_token = first["refresh_token"].as_str().unwrap();
-    assert_oauth_error(&refresh(&mock, refresh_token).await, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert_oauth_error(
+        &refresh(&mock, refresh_token).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+    );
 }
 
 #[tokio::test]
@@ -86,7 +93,11 @@ async fn expired_code_is_invalid_grant() {
         ..MockPleoConfig::default()
     });
     let code = obtain_code(&mock, &[]).await;
-    assert_oauth_error(&exchange_code(&mock, &code).await, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert_oauth_error(
+        &exchange_code(&mock, &code).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+    );
 }
 
 #[tokio::test]
@@ -109,8 +120,16 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_grant() {
     assert_eq!(new.status, StatusCode::OK);
 
     // Replaying the rotated refresh token fails and takes the whole grant down.
-    assert_oauth_error(&refresh(&mock, &refresh1).await, StatusCode::BAD_REQUEST, "invalid_grant");
-    assert_oauth_error(&refresh(&mock, &refresh2).await, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert_oauth_error(
+        &refresh(&mock, &refresh1).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+    );
+    assert_oauth_error(
+        &refresh(&mock, &refresh2).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+    );
     let after = api_get(&mock, "/v1/introspect", Some(&access2)).await;
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
 
@@ -124,7 +143,11 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_grant() {
 #[tokio::test]
 async fn unknown_refresh_token_is_invalid_grant() {
     let mock = mock_with(true);
-    assert_oauth_error(&refresh(&mock, "nope").await, StatusCode::BAD_REQUEST, "invalid_grant");
+    assert_oauth_error(
+        &refresh(&mock, "nope").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+    );
     assert_eq!(mock.stats().reuse_detections, 0);
     assert_eq!(mock.stats().refresh_failures, 1);
 }
@@ -137,11 +160,19 @@ async fn wrong_client_secret_is_invalid_client() {
         &mock,
         "/oauth/token",
         Some((CLIENT_ID, "wrong")),
-        &[("grant_type", "refresh_token"), ("refresh_token", &refresh_token)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh_token),
+        ],
     )
     .await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
-    assert!(reply.header(header::WWW_AUTHENTICATE).unwrap().starts_with("Basic"));
+    assert!(
+        reply
+            .header(header::WWW_AUTHENTICATE)
+            .unwrap()
+            .starts_with("Basic")
+    );
     // The failed attempt did not consume the refresh token.
     assert_eq!(refresh(&mock, &refresh_token).await.status, StatusCode::OK);
 }
@@ -162,7 +193,13 @@ async fn client_secret_in_the_body_is_rejected() {
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
     assert!(reply.header(header::WWW_AUTHENTICATE).is_some());
     // Even alongside correct Basic credentials.
-    let reply = post_form(&mock, "/oauth/token", Some((CLIENT_ID, CLIENT_SECRET)), &form).await;
+    let reply = post_form(
+        &mock,
+        "/oauth/token",
+        Some((CLIENT_ID, CLIENT_SECRET)),
+        &form,
+    )
+    .await;
     assert_oauth_error(&reply, StatusCode::UNAUTHORIZED, "invalid_client");
 }
 
@@ -204,7 +241,11 @@ async fn malformed_token_requests_are_rejected() {
         .header(header::AUTHORIZATION, basic(CLIENT_ID, CLIENT_SECRET))
         .body(Body::from(r#"{"grant_type":"refresh_token"}"#))
         .unwrap();
-    assert_oauth_error(&send(&mock, json).await, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_oauth_error(
+        &send(&mock, json).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
     let reply = token_request(&mock, &[("grant_type", "password")]).await;
     assert_oauth_error(&reply, StatusCode::BAD_REQUEST, "unsupported_grant_type");
 }
@@ -249,7 +290,10 @@ async fn introspection_only_answers_the_owning_client() {
     assert_eq!(own["active"], true);
     assert_eq!(own["client_id"], CLIENT_ID);
     assert_eq!(own["scope"], "users:read export-jobs:read");
-    assert_eq!(own["urn:pleo:params:oauth:subject_urn"], super::super::DEFAULT_SUBJECT_URN);
+    assert_eq!(
+        own["urn:pleo:params:oauth:subject_urn"],
+        super::super::DEFAULT_SUBJECT_URN
+    );
     assert!(own["exp"].as_u64().unwrap() > own["iat"].as_u64().unwrap());
 
     let other = post_form(
