@@ -74,6 +74,7 @@ impl AppState {
             Arc::clone(&oauth),
             sessions.clone(),
             config.pleo.refresh_before_expiry,
+            config.pleo.request_timeout,
         ));
         let cookies = Arc::new(CookieSettings::new(
             &config.session.cookie_name,

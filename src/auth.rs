@@ -43,13 +43,14 @@ pub fn session_id(state: &AppState, headers: &HeaderMap) -> Option<SessionId> {
     find_cookie(headers, &state.cookies.name).and_then(SessionId::parse)
 }
 
-/// Loads the live session for this request (one store round trip), if any.
+/// Loads the live session for this request, if any: at most one store round trip, none when
+/// this replica read it within the last second.
 pub async fn current_session(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Session>, GatewayError> {
     match session_id(state, headers) {
-        Some(id) => Ok(state.sessions.load(&id).await?),
+        Some(id) => Ok(state.sessions.load_cached(&id).await?),
         None => Ok(None),
     }
 }

@@ -4,6 +4,7 @@
 //! store keys, seals records with [`TokenCipher`] (bound to their key), and enforces the idle and
 //! absolute timeouts. Pending logins (`state` → PKCE verifier) live here too.
 
+pub mod cache;
 pub mod cookie;
 pub mod id;
 pub mod memory_store;
@@ -123,6 +124,7 @@ pub struct Sessions {
     idle_timeout: Duration,
     absolute_timeout: Duration,
     login_ttl: Duration,
+    cache: std::sync::Arc<cache::SessionCache>,
 }
 
 impl Sessions {
@@ -142,6 +144,7 @@ impl Sessions {
             idle_timeout,
             absolute_timeout,
             login_ttl,
+            cache: std::sync::Arc::default(),
         }
     }
 
@@ -171,10 +174,42 @@ impl Sessions {
         Ok(None)
     }
 
+    /// Like [`Sessions::load`], through the per-replica cache: no store round trip when the
+    /// session was read less than a second ago, and a still-valid cached session when the store
+    /// fails (the error is returned only when nothing usable is cached).
+    pub async fn load_cached(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let key = self.hasher.current(id.as_str());
+        if let Some(session) = self.cache.fresh(&key) {
+            return Ok(Some(session));
+        }
+        match self.load(id).await {
+            Ok(Some(session)) => {
+                self.cache.put(&session);
+                Ok(Some(session))
+            }
+            Ok(None) => {
+                self.cache.remove(&key);
+                Ok(None)
+            }
+            Err(e) => match self.cache.any(&key) {
+                Some(session) if session.data.access_expires_at_ms > now_ms() => {
+                    tracing::warn!(session = key.short(), error = %e, "session store failing; using the cached session");
+                    Ok(Some(session))
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
     /// Re-reads a session by key without sliding its expiry (used after waiting for a lock).
     pub async fn reload(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
         let stored = self.store.load(key.as_str(), now_ms()).await?;
-        Ok(stored.and_then(|s| self.open(key.clone(), s)))
+        let session = stored.and_then(|s| self.open(key.clone(), s));
+        match &session {
+            Some(session) => self.cache.put(session),
+            None => self.cache.remove(key),
+        }
+        Ok(session)
     }
 
     fn open(&self, key: SessionKey, stored: StoredSession) -> Option<Session> {
@@ -212,6 +247,7 @@ impl Sessions {
             absolute_deadline_ms: deadline,
             data,
         };
+        self.cache.put(&session);
         Ok((id, session))
     }
 
@@ -236,6 +272,7 @@ impl Sessions {
 
     /// Deletes a session (logout, or a grant Pleo has revoked).
     pub async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.cache.remove(key);
         self.store.delete(key.as_str()).await
     }
 

@@ -21,6 +21,7 @@ struct Entry {
 struct Inner {
     sessions: HashMap<String, Entry>,
     logins: HashMap<String, (Vec<u8>, std::time::Instant)>,
+    locks: HashMap<String, (String, std::time::Instant)>,
     inserts: u64,
 }
 
@@ -145,6 +146,54 @@ impl MemoryStore {
         Ok(taken
             .filter(|(_, until)| *until > std::time::Instant::now())
             .map(|(blob, _)| blob))
+    }
+
+    pub(super) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut inner = self.lock();
+        match inner.locks.get(key) {
+            Some((_, until)) if *until > now => Ok(false),
+            _ => {
+                inner
+                    .locks
+                    .insert(key.to_owned(), (token.to_owned(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    pub(super) async fn extend_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut inner = self.lock();
+        match inner.locks.get_mut(key) {
+            Some((owner, until)) if owner == token && *until > now => {
+                *until = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub(super) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner
+            .locks
+            .get(key)
+            .is_some_and(|(owner, _)| owner == token)
+        {
+            inner.locks.remove(key);
+        }
+        Ok(())
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {

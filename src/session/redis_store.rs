@@ -5,6 +5,8 @@
 //! - `{prefix}session:{hmac}` — a hash: `v` (version), `d` (sealed record), `a` (absolute
 //!   deadline, unix ms). Its TTL is the idle timeout, capped at the absolute deadline.
 //! - `{prefix}login:{hmac}` — a sealed pending login, taken with `GETDEL` so a state works once.
+//! - `{prefix}lock:{hmac}` — the session's refresh lock: a random owner token, `SET NX PX`,
+//!   extended while held, deleted only by its owner.
 //!
 //! Every multi-step operation is one Lua script on one key, so it is atomic and cluster-safe.
 
@@ -60,10 +62,29 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
+/// Extends the lock's TTL only while `token` owns it.
+const EXTEND_LOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Deletes the lock only while `token` owns it, so a holder whose lock expired and was taken by
+/// another replica cannot release that replica's lock.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 struct Scripts {
     load_and_touch: Script,
     compare_and_set: Script,
     create: Script,
+    extend_lock: Script,
+    unlock: Script,
 }
 
 /// A Redis-backed store; cheap to clone (connections are multiplexed and shared).
@@ -98,6 +119,8 @@ impl RedisStore {
                 load_and_touch: Script::new(LOAD_AND_TOUCH),
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 create: Script::new(CREATE),
+                extend_lock: Script::new(EXTEND_LOCK),
+                unlock: Script::new(UNLOCK),
             }),
         })
     }
@@ -108,6 +131,10 @@ impl RedisStore {
 
     fn login_key(&self, key: &str) -> String {
         format!("{}login:{}", self.prefix, key)
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}lock:{}", self.prefix, key)
     }
 
     pub(super) async fn load_and_touch(
@@ -246,6 +273,54 @@ impl RedisStore {
             .arg(self.login_key(key))
             .query_async(&mut conn)
             .await?)
+    }
+
+    pub(super) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(self.lock_key(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(ttl).max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    pub(super) async fn extend_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: i64 = self
+            .scripts
+            .extend_lock
+            .key(self.lock_key(key))
+            .arg(token)
+            .arg(ms(ttl).max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(reply == 1)
+    }
+
+    pub(super) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .unlock
+            .key(self.lock_key(key))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {

@@ -115,6 +115,31 @@ impl Store {
         dispatch!(self, s => s.take_login(key))
     }
 
+    /// Takes the refresh lock of a session if free: `SET NX PX`. `token` identifies the owner.
+    pub async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.try_lock(key, token, ttl))
+    }
+
+    /// Extends a held lock; false when it is no longer ours (expired and taken).
+    pub async fn extend_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.extend_lock(key, token, ttl))
+    }
+
+    /// Releases a lock only if `token` still owns it.
+    pub async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.unlock(key, token))
+    }
+
     /// Whether the backend answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping())

@@ -4,10 +4,16 @@
 //! the whole grant. So two requests must never both spend the same refresh token:
 //!
 //! 1. Requests that find the token inside the refresh margin ask [`RefreshCoordinator`].
-//! 2. Per session, one task at a time holds the refresh lock; the others queue behind it.
-//! 3. Whoever holds the lock re-reads the session first: if a previous holder already stored a
-//!    new pair, it uses that and sends nothing.
-//! 4. The new pair is written with a version check before anyone uses it.
+//! 2. In this process, one task per session at a time goes further; the others queue behind it
+//!    (single-flight), so a burst of requests costs one lock attempt, not hundreds.
+//! 3. Across replicas, that task takes the session's lock in the store (`SET NX PX` with a random
+//!    owner token). The lock outlives the token request: its TTL is the token request timeout
+//!    plus a margin, and it is extended while the request runs. Only the owner releases it.
+//! 4. Whoever holds the lock re-reads the session first: if another replica already stored a
+//!    new pair, it uses that and sends nothing. Replicas that find the lock taken poll the
+//!    session (bounded) until the new pair appears, then use it; if none appears in time they
+//!    answer 503 — never a logout.
+//! 5. The new pair is written with a version check before anyone uses it.
 //!
 //! The refresh runs in its own task, so a client that disconnects mid-refresh cannot cancel it
 //! between "Pleo rotated the pair" and "we stored the new pair" — the one gap that would lose the
@@ -22,7 +28,9 @@ use std::{
 use secrecy::ExposeSecret;
 
 use super::oauth::{PleoOAuth, TokenError};
-use crate::session::{CasOutcome, Session, SessionKey, Sessions, StoreError, now_ms};
+use crate::session::{
+    CasOutcome, Session, SessionKey, Sessions, StoreError, id::random_token, now_ms,
+};
 
 /// How long clients are told to wait after a transient refresh failure.
 const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -30,6 +38,10 @@ const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(5);
 const MAX_STORE_ATTEMPTS: usize = 3;
 /// How long to keep retrying to store a pair Pleo has already issued through store errors.
 const STORE_RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// Added to the token request timeout to get the lock's TTL, so the lock outlives the request.
+const LOCK_MARGIN: Duration = Duration::from_secs(10);
+/// Longest pause between two looks at a lock held by another replica.
+const MAX_POLL: Duration = Duration::from_millis(250);
 
 /// Why a fresh token could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -59,16 +71,26 @@ pub struct RefreshCoordinator {
     oauth: Arc<PleoOAuth>,
     sessions: Sessions,
     margin: Duration,
+    lock_ttl: Duration,
+    lock_wait: Duration,
     locks: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl RefreshCoordinator {
-    /// `margin` is `pleo.refresh_before_expiry`.
-    pub fn new(oauth: Arc<PleoOAuth>, sessions: Sessions, margin: Duration) -> Self {
+    /// `margin` is `pleo.refresh_before_expiry`; `request_timeout` is the token request's
+    /// deadline (`pleo.request_timeout`), from which the lock's lifetime is derived.
+    pub fn new(
+        oauth: Arc<PleoOAuth>,
+        sessions: Sessions,
+        margin: Duration,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             oauth,
             sessions,
             margin,
+            lock_ttl: request_timeout + LOCK_MARGIN,
+            lock_wait: request_timeout + Duration::from_secs(5),
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -138,24 +160,65 @@ impl RefreshCoordinator {
         let lock = self.local_lock(&key);
         let result = {
             let _held = lock.lock().await;
-            self.refresh_holding_lock(&key, rejected.as_deref()).await
+            self.refresh_across_replicas(&key, rejected.as_deref())
+                .await
         };
         self.release_local_lock(&key, lock);
         result
+    }
+
+    /// Whether `current` still needs the refresh this caller asked for.
+    fn still_needed(&self, current: &Session, rejected: Option<&str>) -> bool {
+        match rejected {
+            Some(bad) => current.data.access_token.expose_secret() == bad,
+            None => self.needs_refresh(current, now_ms()),
+        }
+    }
+
+    async fn refresh_across_replicas(
+        &self,
+        key: &SessionKey,
+        rejected: Option<&str>,
+    ) -> Result<Session, RefreshError> {
+        let owner = random_token();
+        let store = self.sessions.store();
+        let give_up_at = std::time::Instant::now() + self.lock_wait;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            // Another replica may have finished while we queued or polled.
+            let current = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
+            if !self.still_needed(&current, rejected) {
+                return Ok(current);
+            }
+            if store.try_lock(key.as_str(), &owner, self.lock_ttl).await? {
+                let result = self.refresh_holding_lock(key, rejected, &owner).await;
+                if let Err(e) = store.unlock(key.as_str(), &owner).await {
+                    // It expires on its own after lock_ttl.
+                    tracing::warn!(session = key.short(), error = %e, "could not release the refresh lock");
+                }
+                return result;
+            }
+            if std::time::Instant::now() >= give_up_at {
+                return Err(RefreshError::Unavailable {
+                    reason: "another replica is still refreshing this session".into(),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL);
+        }
     }
 
     async fn refresh_holding_lock(
         &self,
         key: &SessionKey,
         rejected: Option<&str>,
+        owner: &str,
     ) -> Result<Session, RefreshError> {
-        // Re-read under the lock: whoever held it before us may have stored a new pair already.
+        // Re-read under the lock: whoever held it before us may have stored a new pair between
+        // our last look and taking the lock.
         let current = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
-        let still_needed = match rejected {
-            Some(bad) => current.data.access_token.expose_secret() == bad,
-            None => self.needs_refresh(&current, now_ms()),
-        };
-        if !still_needed {
+        if !self.still_needed(&current, rejected) {
             return Ok(current);
         }
         let Some(refresh_token) = current.data.refresh_token.clone() else {
@@ -163,7 +226,10 @@ impl RefreshCoordinator {
             return Err(RefreshError::Ended("no refresh token".into()));
         };
         tracing::debug!(session = key.short(), "refreshing access token");
-        match self.oauth.refresh(&refresh_token).await {
+        match self
+            .send_refresh_keeping_lock(key, &refresh_token, owner)
+            .await
+        {
             Ok(tokens) => {
                 let mut data = current.data.clone();
                 let issued = now_ms();
@@ -206,6 +272,32 @@ impl RefreshCoordinator {
                     reason: e.to_string(),
                     retry_after: REFRESH_RETRY_AFTER,
                 })
+            }
+        }
+    }
+
+    /// Sends the refresh while extending the lock every third of its TTL, so a slow token
+    /// endpoint cannot let the lock expire and another replica spend the same refresh token.
+    async fn send_refresh_keeping_lock(
+        &self,
+        key: &SessionKey,
+        refresh_token: &secrecy::SecretString,
+        owner: &str,
+    ) -> Result<super::oauth::TokenSet, TokenError> {
+        let refresh = self.oauth.refresh(refresh_token);
+        tokio::pin!(refresh);
+        let mut ticker = tokio::time::interval(self.lock_ttl / 3);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut refresh => return result,
+                _ = ticker.tick() => {
+                    match self.sessions.store().extend_lock(key.as_str(), owner, self.lock_ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(session = key.short(), "refresh lock lost while refreshing"),
+                        Err(e) => tracing::warn!(session = key.short(), error = %e, "could not extend the refresh lock"),
+                    }
+                }
             }
         }
     }
