@@ -59,15 +59,14 @@ fn check_config(cli: &Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("invalid configuration:\n{e}");
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
 }
 
 async fn serve(cli: &Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())
-        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listen = config.server.listen;
     let options = pleo_gateway::server::ServeOptions {
         max_header_bytes: config.server.max_header_bytes,

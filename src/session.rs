@@ -259,7 +259,8 @@ impl Sessions {
         data: &SessionData,
     ) -> Result<CasOutcome, StoreError> {
         let blob = self.cipher.seal(&data.to_bytes(), key.as_str().as_bytes());
-        self.store
+        let outcome = self
+            .store
             .compare_and_set(
                 key.as_str(),
                 expected_version,
@@ -267,7 +268,17 @@ impl Sessions {
                 self.idle_timeout,
                 now_ms(),
             )
-            .await
+            .await?;
+        // The cached copy holds the tokens just replaced (after a refresh, a rotated access
+        // token): update it, so requests served from the cache use the new pair.
+        if let CasOutcome::Written(version) = outcome
+            && let Some(mut cached) = self.cache.any(key)
+        {
+            cached.version = version;
+            cached.data = data.clone();
+            self.cache.put(&cached);
+        }
+        Ok(outcome)
     }
 
     /// Deletes a session (logout, or a grant Pleo has revoked).

@@ -6,6 +6,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::Response,
 };
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use secrecy::ExposeSecret;
 use url::Url;
 
@@ -56,7 +57,10 @@ pub async fn proxy_to_pleo(
         None => !outgoing.contains_key(header::TRANSFER_ENCODING) && method_has_no_body(&method),
     };
     if !replayable {
-        let body = reqwest::Body::wrap_stream(body.into_data_stream());
+        // A body without a declared length is held to the same limit while it streams: the
+        // Content-Length check above cannot see it.
+        let limit = usize::try_from(state.config.proxy.max_body_bytes).unwrap_or(usize::MAX);
+        let body = reqwest::Body::wrap_stream(Limited::new(body, limit).into_data_stream());
         let response = send(&state, &method, &url, &outgoing, body, &session).await?;
         return Ok(into_response(response));
     }
@@ -108,9 +112,22 @@ async fn send(
     // The whole exchange up to the response head is bounded; the body then streams, bounded by
     // the client's read timeout between chunks.
     match tokio::time::timeout(state.config.pleo.request_timeout, request.send()).await {
+        Ok(Err(e)) if exceeded_body_limit(&e) => Err(GatewayError::BodyTooLarge),
         Ok(result) => result.map_err(map_pleo_error),
         Err(_) => Err(GatewayError::PleoTimeout),
     }
+}
+
+/// Whether a failed upstream request was cut short by the request body limit.
+fn exceeded_body_limit(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn into_response(upstream: reqwest::Response) -> Response {

@@ -1,0 +1,41 @@
+//! Liveness and readiness.
+
+use reqwest::StatusCode;
+
+use crate::support::{Options, StoreKind, TestEnv, json_body};
+
+/// `/healthz` is 200 whenever the process serves; `/readyz` is 200 when Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn healthz_and_readyz_are_200_with_redis_reachable() {
+    let env = TestEnv::start(Options::new(StoreKind::Redis)).await;
+    let browser = env.browser();
+    let health = browser.send(browser.get("/healthz")).await;
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let ready = browser.send(browser.get("/readyz")).await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body = json_body(ready).await;
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["store"], "redis");
+}
+
+/// With Redis unreachable the gateway still starts (the store connects lazily), is alive, and
+/// says it is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_is_503_when_redis_is_unreachable() {
+    let env = TestEnv::start(Options::new(StoreKind::Redis).redis_url("redis://127.0.0.1:1")).await;
+    let browser = env.browser();
+    let health = browser.send(browser.get("/healthz")).await;
+    assert_eq!(health.status(), StatusCode::OK, "alive even without Redis");
+
+    let ready = browser.send(browser.get("/readyz")).await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = json_body(ready).await;
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["store"], "redis");
+
+    // Requests that need the store are a 503 with Retry-After, never a logout.
+    let login = browser.send(browser.get("/auth/login")).await;
+    assert_eq!(login.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(login.headers().contains_key(reqwest::header::RETRY_AFTER));
+}

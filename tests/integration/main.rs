@@ -1,0 +1,17 @@
+//! End-to-end tests: the gateway and a mock Pleo on real loopback sockets, Redis where a test
+//! needs it. One binary (`[[test]] name = "integration"`) to keep link time down; each module is
+//! one family of scenarios, and `support` is the harness they all share.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod support;
+
+mod browser;
+mod config_cli;
+mod health;
+mod login;
+mod proxy;
+mod refresh;
+mod sessions;
+mod streaming;

@@ -1,0 +1,209 @@
+//! Token refresh: once per session however many requests ask, the rotated pair persisted, and
+//! the right verdict when Pleo says no or is away.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, header};
+use tokio::time::Instant;
+
+use crate::support::{
+    Browser, Options, SESSION_COOKIE, StoreKind, TestEnv, json_body, session_set_cookie,
+    wait_until_refresh_due,
+};
+
+/// Access tokens live 3 s; the 2 s margin is capped at half of that, so refresh is due at 1.5 s.
+const TOKEN_TTL: Duration = Duration::from_secs(3);
+const MARGIN: Duration = Duration::from_secs(2);
+
+fn short_lived(store: StoreKind) -> Options {
+    Options::new(store)
+        .access_token_ttl(TOKEN_TTL)
+        .refresh_before_expiry(MARGIN)
+}
+
+/// The bearer token the gateway currently sends, as Pleo's echo endpoint saw it.
+async fn bearer_seen_by_pleo(browser: &Browser) -> String {
+    let response = browser.send(browser.get("/pleo/echo/whoami")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo = json_body(response).await;
+    echo["headers"]["authorization"]
+        .as_str()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .expect("a bearer token")
+        .to_owned()
+}
+
+for_each_store! {
+    /// Twenty requests inside the refresh margin cause exactly one refresh; the rotated pair is
+    /// stored, which the second refresh proves (the old refresh token would be a reuse).
+    async fn concurrent_requests_at_expiry_refresh_once_and_persist_the_rotated_pair(store) {
+        let env = TestEnv::start(short_lived(store)).await;
+        let browser = env.browser();
+        browser.login().await;
+        let logged_in = Instant::now();
+        assert_eq!(bearer_seen_by_pleo(&browser).await, env.tap.issued()[0].access_token);
+        assert_eq!(env.mock.stats().refresh_token_grants, 0, "fresh token: no refresh yet");
+
+        wait_until_refresh_due(logged_in, TOKEN_TTL).await;
+        let requests = (0..20).map(|_| async {
+            let response = browser.send(browser.get("/pleo/v2/employees")).await;
+            response.status()
+        });
+        let statuses = futures_util::future::join_all(requests).await;
+        let refreshed = Instant::now();
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "every request succeeds: {statuses:?}"
+        );
+        let stats = env.mock.stats();
+        assert_eq!(stats.refresh_token_grants, 1, "one refresh for twenty requests");
+        assert_eq!(stats.reuse_detections, 0);
+        assert_eq!(stats.refresh_failures, 0);
+        assert_eq!(stats.api_unauthorized, 0, "no request went out with a stale token");
+        let issued = env.tap.issued();
+        assert_eq!(issued.len(), 2);
+        assert_eq!(bearer_seen_by_pleo(&browser).await, issued[1].access_token);
+
+        // Only possible if the store holds the rotated refresh token: the first one is spent.
+        wait_until_refresh_due(refreshed, TOKEN_TTL).await;
+        let response = browser.send(browser.get("/pleo/v2/employees")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let stats = env.mock.stats();
+        assert_eq!(stats.refresh_token_grants, 2, "a second rotation");
+        assert_eq!(stats.reuse_detections, 0, "the spent refresh token was never sent again");
+        assert_eq!(stats.refresh_failures, 0);
+        assert_eq!(bearer_seen_by_pleo(&browser).await, env.tap.issued()[2].access_token);
+    }
+
+    /// `invalid_grant` on refresh ends the session: 401 `session_ended`, and it stays ended.
+    async fn invalid_grant_on_refresh_ends_the_session(store) {
+        let env = TestEnv::start(short_lived(store)).await;
+        let browser = env.browser();
+        browser.login().await;
+        let logged_in = Instant::now();
+        env.mock.revoke_all();
+
+        wait_until_refresh_due(logged_in, TOKEN_TTL).await;
+        let response = browser.send(browser.get("/pleo/v2/employees")).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let body = json_body(response).await;
+        assert_eq!(body["error"], "session_ended");
+        assert!(body["login_url"].as_str().is_some_and(|u| u.starts_with("/auth/login")));
+        let stats = env.mock.stats();
+        assert_eq!(stats.refresh_failures, 1, "the refresh was tried once");
+        assert_eq!(stats.refresh_token_grants, 0);
+
+        let info = browser.send(browser.get("/auth/session")).await;
+        assert_eq!(info.status(), StatusCode::UNAUTHORIZED);
+        // Ended for good: no second attempt at the dead grant.
+        let again = browser.send(browser.get("/pleo/v2/employees")).await;
+        assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(env.mock.stats().token_requests, 2, "code exchange + one refresh");
+    }
+
+    /// A 503 from the token endpoint is transient: 503 with `Retry-After`, the session and its
+    /// cookie survive, and the next request after recovery refreshes and succeeds.
+    async fn token_endpoint_outage_is_503_and_keeps_the_session(store) {
+        let env = TestEnv::start(short_lived(store)).await;
+        let browser = env.browser();
+        browser.login().await;
+        let logged_in = Instant::now();
+        let cookie = browser.cookie(SESSION_COOKIE).expect("session cookie");
+        env.mock.set_token_failure(Some(503));
+
+        wait_until_refresh_due(logged_in, TOKEN_TTL).await;
+        let response = browser.send(browser.get("/pleo/v2/employees")).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let retry_after: u64 = response.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .expect("Retry-After in seconds");
+        assert!(retry_after >= 1);
+        assert!(session_set_cookie(&response).is_none(), "the cookie is left alone");
+        assert_eq!(json_body(response).await["error"], "pleo_unavailable");
+        assert_eq!(browser.cookie(SESSION_COOKIE), Some(cookie));
+        let info = browser.send(browser.get("/auth/session")).await;
+        assert_eq!(info.status(), StatusCode::OK, "the session survives");
+
+        env.mock.set_token_failure(None);
+        let response = browser.send(browser.get("/pleo/v2/employees")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let stats = env.mock.stats();
+        assert_eq!(stats.refresh_token_grants, 1);
+        assert_eq!(stats.reuse_detections, 0);
+    }
+}
+
+/// Pleo answers 401 to a token the gateway believed valid (revoked early): the gateway refreshes
+/// once and retries once, and the caller never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pleo_401_on_a_valid_looking_token_refreshes_and_retries_once() {
+    let env = TestEnv::start(Options::new(StoreKind::Memory)).await;
+    let browser = env.browser();
+    browser.login().await;
+    env.mock.expire_access_tokens();
+
+    let response = browser.send(browser.get("/pleo/v2/employees")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let stats = env.mock.stats();
+    assert_eq!(stats.api_unauthorized, 1, "the first attempt was refused");
+    assert_eq!(stats.refresh_token_grants, 1);
+    assert_eq!(stats.reuse_detections, 0);
+
+    // With the grant itself revoked the retry cannot help: the session ends, no loop.
+    env.mock.revoke_all();
+    let response = browser.send(browser.get("/pleo/v2/employees")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(json_body(response).await["error"], "session_ended");
+    let stats = env.mock.stats();
+    assert_eq!(stats.api_unauthorized, 2);
+    assert_eq!(
+        stats.token_requests, 3,
+        "exchange, one refresh, one refused refresh"
+    );
+}
+
+/// Two replicas share Redis; a burst of requests hitting both at refresh time still costs one
+/// refresh, because the lock lives in the store, not in one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_on_two_replicas_refresh_once() {
+    let mut env = TestEnv::start(short_lived(StoreKind::Redis)).await;
+    let replica = env.add_replica().await;
+    let on_first = env.browser();
+    on_first.login().await;
+    let logged_in = Instant::now();
+    let on_second = env.browser_like(&on_first, replica);
+    let info = on_second.send(on_second.get("/auth/session")).await;
+    assert_eq!(
+        info.status(),
+        StatusCode::OK,
+        "the session is shared through Redis"
+    );
+
+    wait_until_refresh_due(logged_in, TOKEN_TTL).await;
+    let requests = (0..20).map(|i| {
+        let browser = if i % 2 == 0 { &on_first } else { &on_second };
+        async move {
+            browser
+                .send(browser.get("/pleo/v2/employees"))
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "every request succeeds: {statuses:?}"
+    );
+    let stats = env.mock.stats();
+    assert_eq!(
+        stats.refresh_token_grants, 1,
+        "one refresh across both replicas"
+    );
+    assert_eq!(stats.reuse_detections, 0);
+    assert_eq!(stats.refresh_failures, 0);
+    let latest = env.tap.issued()[1].access_token.clone();
+    assert_eq!(bearer_seen_by_pleo(&on_first).await, latest);
+    assert_eq!(bearer_seen_by_pleo(&on_second).await, latest);
+}
