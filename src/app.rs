@@ -47,6 +47,10 @@ pub struct AppState {
     pub cookies: Arc<CookieSettings>,
     /// Pooled client for the Pleo API, built once.
     pub pleo_api: reqwest::Client,
+    /// Pooled client for the internal app, built once; `None` without `proxy.upstream`.
+    pub upstream: Option<Arc<proxy::UpstreamClient>>,
+    /// Open WebSocket connections to the app per session, so logging out closes them.
+    pub websockets: proxy::WebSocketRegistry,
 }
 
 impl AppState {
@@ -93,6 +97,13 @@ impl AppState {
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let upstream = match &config.proxy.upstream {
+            Some(url) => Some(Arc::new(proxy::UpstreamClient::new(
+                url,
+                config.proxy.upstream_timeout,
+            )?)),
+            None => None,
+        };
         Ok(Self {
             config: Arc::new(config),
             sessions,
@@ -100,6 +111,8 @@ impl AppState {
             refresher,
             cookies,
             pleo_api,
+            upstream,
+            websockets: proxy::WebSocketRegistry::new(),
         })
     }
 
@@ -147,15 +160,23 @@ pub fn app(state: AppState) -> Router {
         .route("/auth/check", get(auth::check))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(&pleo_route, any(proxy::proxy_to_pleo));
+        .route(&pleo_route, any(proxy::proxy_to_pleo))
+        // The gateway's own namespaces never fall through to the app.
+        .route("/auth/{*rest}", any(not_found))
+        .route(&state.config.proxy.pleo_prefix, any(not_found));
     let router = if state.config.server.metrics_listen.is_none() {
         router.route("/metrics", get(crate::telemetry::render_metrics))
     } else {
         router
     };
+    // With an app behind the gateway, everything unrouted is the app's; without one, 404.
+    let router = if state.upstream.is_some() {
+        router.fallback(proxy::proxy_to_upstream)
+    } else {
+        router.fallback(not_found)
+    };
     router
-        .fallback(not_found)
-        .route_layer(middleware::from_fn(crate::telemetry::track_requests))
+        .layer(middleware::from_fn(crate::telemetry::track_requests))
         .with_state(state)
         // Outermost last: request ids exist before tracing starts; secrets are marked sensitive
         // before anything could log headers; panics become 500s instead of dropped connections.

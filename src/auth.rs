@@ -2,6 +2,8 @@
 
 mod login;
 pub mod return_to;
+#[cfg(test)]
+mod return_to_tests;
 mod session_routes;
 
 use axum::http::{HeaderMap, Method};

@@ -1,10 +1,12 @@
 //! `pleo-gateway demo`: the whole product on one machine with no setup — the gateway with an
-//! in-memory store, an embedded mock Pleo on a loopback port, and a small page to click through
-//! login → consent → a proxied Pleo API call → logout.
+//! in-memory store, an embedded mock Pleo on a loopback port, and a small internal app behind
+//! the gateway's upstream proxy, to click through login → consent → a proxied Pleo API call →
+//! logout. The app shows the identity headers the gateway sent it, exactly as a real app would
+//! receive them.
 
 use std::{collections::HashMap, future::Future, time::Duration};
 
-use axum::{Router, response::Html, routing::get};
+use axum::{Router, http::HeaderMap, response::Html, routing::get};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -28,6 +30,9 @@ pub async fn run(
     let gateway_listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let gateway_addr = gateway_listener.local_addr()?;
     let public_url = format!("http://{gateway_addr}");
+
+    let app_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let app_url = format!("http://{}", app_listener.local_addr()?);
 
     let mock_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let mock_url = format!("http://{}", mock_listener.local_addr()?);
@@ -58,6 +63,8 @@ pub async fn run(
             "users:read,export-jobs:read".into(),
         ),
         ("PLEO_GATEWAY__SESSION__STORE", "memory".into()),
+        ("PLEO_GATEWAY__PROXY__UPSTREAM", app_url),
+        ("PLEO_GATEWAY__PROXY__PUBLIC_PATHS", "/,/favicon.ico".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -65,7 +72,7 @@ pub async fn run(
     let config = Config::load_with_env(None, &env)
         .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
     let state = AppState::new(config, Store::Memory(MemoryStore::new()))?;
-    let router = app::app(state).merge(demo_page());
+    let router = app::app(state);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mock_stop = {
@@ -75,6 +82,13 @@ pub async fn run(
         }
     };
     let mock_task = tokio::spawn(mock.serve(mock_listener, mock_stop));
+    let app_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    };
+    let app_task = tokio::spawn(app::run(app_listener, demo_app(), app_stop));
 
     println!(
         "pleo-gateway demo is running: open {public_url}/ in a browser (mock Pleo at {mock_url}; Ctrl-C stops)"
@@ -82,11 +96,34 @@ pub async fn run(
     let result = app::run(gateway_listener, router, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = mock_task.await;
+    let _ = app_task.await;
     result?;
     Ok(())
 }
 
-/// The demo app's single page at `/`.
-fn demo_page() -> Router {
-    Router::new().route("/", get(|| async { Html(include_str!("demo/page.html")) }))
+/// The demo's internal app: a public landing page at `/`, and `/app`, which only logged-in users
+/// reach (the gateway guarantees it) and which shows the identity headers it was given.
+fn demo_app() -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { Html(include_str!("demo/landing.html")) }),
+        )
+        .route("/app", get(app_page))
+}
+
+async fn app_page(headers: HeaderMap) -> Html<String> {
+    let header = |name: &str| {
+        let value = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(not sent)");
+        crate::error::escape_html(value)
+    };
+    Html(
+        include_str!("demo/app.html")
+            .replace("{{SUBJECT}}", &header("x-pleo-subject"))
+            .replace("{{SCOPES}}", &header("x-pleo-scopes"))
+            .replace("{{REQUEST_ID}}", &header("x-request-id")),
+    )
 }

@@ -64,6 +64,15 @@ pub enum GatewayError {
     /// Pleo did not answer within the configured timeout.
     #[error("Pleo did not answer in time; try again shortly")]
     PleoTimeout,
+    /// The app behind the gateway (`proxy.upstream`) could not be reached or broke off.
+    #[error("the app behind the gateway could not be reached")]
+    UpstreamUnreachable,
+    /// The app behind the gateway did not answer within `proxy.upstream_timeout`.
+    #[error("the app behind the gateway did not answer in time; try again shortly")]
+    UpstreamTimeout,
+    /// A WebSocket upgrade whose `Origin` is not the gateway's public origin.
+    #[error("WebSocket connections are only accepted from the gateway's own origin")]
+    OriginNotAllowed,
     /// The session store (Redis) failed; the session itself is untouched.
     #[error("the session store is not reachable right now; try again shortly")]
     StoreUnavailable,
@@ -98,7 +107,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotAuthenticated { .. } | Self::SessionEnded { .. } => StatusCode::UNAUTHORIZED,
-            Self::CsrfHeaderMissing => StatusCode::FORBIDDEN,
+            Self::CsrfHeaderMissing | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::LoginStateInvalid | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::AuthorizationRefused { error, .. } if error == "access_denied" => {
                 StatusCode::FORBIDDEN
@@ -108,8 +117,8 @@ impl GatewayError {
             Self::PleoUnavailable { .. } | Self::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::PleoTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::PleoUnreachable => StatusCode::BAD_GATEWAY,
+            Self::PleoTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::PleoUnreachable | Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,6 +139,9 @@ impl GatewayError {
             Self::PleoUnavailable { .. } => "pleo_unavailable",
             Self::PleoTimeout => "pleo_timeout",
             Self::PleoUnreachable => "pleo_unreachable",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::StoreUnavailable => "session_store_unavailable",
             Self::BodyTooLarge => "body_too_large",
             Self::NotFound => "not_found",
@@ -141,7 +153,7 @@ impl GatewayError {
         match self {
             Self::PleoUnavailable { retry_after } => Some(*retry_after),
             Self::StoreUnavailable => Some(STORE_RETRY_AFTER),
-            Self::PleoTimeout => Some(Duration::from_secs(1)),
+            Self::PleoTimeout | Self::UpstreamTimeout => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

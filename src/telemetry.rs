@@ -66,7 +66,7 @@ pub async fn track_requests(
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map_or_else(|| "fallback".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;

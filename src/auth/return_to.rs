@@ -12,7 +12,9 @@ const MAX_LEN: usize = 2048;
 /// escapes are decoded once to check the same rules, so `/%2F%2Fevil.example` is refused too.
 pub fn sanitize_return_to(candidate: Option<&str>) -> String {
     match candidate {
-        Some(path) if is_safe(path) && decoded_is_safe(path) => path.to_owned(),
+        Some(path) if is_safe(path) && decoded_is_safe(path) && resolves_to_plain_path(path) => {
+            path.to_owned()
+        }
         _ => "/".to_owned(),
     }
 }
@@ -34,6 +36,18 @@ fn decoded_is_safe(path: &str) -> bool {
     !decoded.starts_with("//")
         && !decoded.starts_with("/\\")
         && decoded.chars().all(|c| !c.is_control() && c != '\\')
+}
+
+/// Browsers resolve dot segments (also spelled `%2e`) before requesting, so
+/// `/%2e%2e//evil.example` is requested as the path `//evil.example`: on our origin, but one
+/// trailing-slash redirect in the app away from a scheme-relative URL. Resolve the path as a
+/// browser does (the `url` crate follows the WHATWG URL standard) and refuse that outcome.
+fn resolves_to_plain_path(path: &str) -> bool {
+    let Ok(base) = url::Url::parse("https://origin.invalid/") else {
+        return false;
+    };
+    base.join(path)
+        .is_ok_and(|url| url.host_str() == Some("origin.invalid") && !url.path().starts_with("//"))
 }
 
 /// Decodes `%XX` escapes once (invalid escapes are kept as they are).
@@ -84,6 +98,8 @@ mod tests {
             "/\tevil",
             "/a\r\nLocation: x",
             "/a#frag",
+            "/.//evil.example",
+            "/%2e%2e//evil.example",
             "",
             " /a",
         ] {

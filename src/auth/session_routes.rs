@@ -56,6 +56,7 @@ pub async fn logout(
     require_csrf_header(&headers)?;
     if let Some(session) = current_session(&state, &headers).await? {
         state.sessions.delete(&session.key).await?;
+        state.websockets.close_websockets(&session.key);
         tracing::info!(session = session.key.short(), "logged out");
     }
     Ok(logged_out(&state, false))
@@ -94,6 +95,7 @@ pub async fn disconnect(
         });
     }
     state.sessions.delete(&session.key).await?;
+    state.websockets.close_websockets(&session.key);
     tracing::info!(session = session.key.short(), "disconnected from Pleo");
     Ok(logged_out(&state, true))
 }

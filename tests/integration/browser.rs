@@ -1,6 +1,7 @@
 //! End-to-end in a real headless Chromium, driven over WebDriver (chromedriver): the demo as a
-//! newcomer sees it — log in, approve on the mock's consent page, see the subject and the
-//! employees fetched through `/pleo/v2/employees`, log out, and be asked to log in again.
+//! newcomer sees it — log in, approve on the mock's consent page, see the identity the app
+//! received and the employees fetched through `/pleo/v2/employees`, log out, and be asked to log
+//! in again.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
 
@@ -213,9 +214,7 @@ async fn demo_login_consent_api_call_and_logout_in_a_real_browser() {
 
     let browser = Browser::start().await;
     browser.goto(&url).await;
-    eprintln!("step: demo page opened");
     browser.click("#login").await;
-    eprintln!("step: login clicked");
 
     // The mock's consent page, on the mock's own origin.
     browser.wait_for("button.approve").await;
@@ -225,12 +224,14 @@ async fn demo_login_consent_api_call_and_logout_in_a_real_browser() {
     );
     browser.click("button.approve").await;
 
-    // Back in the demo app, logged in.
+    // Back in the demo app, behind the gateway: the app shows the identity headers it received.
     let subject = browser.text("#subject").await;
     assert!(
-        subject.contains("urn:pleo:company:"),
-        "subject shown after login: {subject:?}"
+        subject.starts_with("urn:pleo:company:"),
+        "X-Pleo-Subject shown by the app after login: {subject:?}"
     );
+    let scopes = browser.text("#scopes").await;
+    assert!(scopes.contains("users:read"), "X-Pleo-Scopes: {scopes:?}");
     browser.click("#employees").await;
     let table = browser.text("#employee-table").await;
     assert!(
@@ -238,10 +239,12 @@ async fn demo_login_consent_api_call_and_logout_in_a_real_browser() {
         "employees from /pleo/v2/employees: {table:?}"
     );
 
-    eprintln!("step: employees shown");
+    // Logging out sends the app page back through login: the consent page asks again.
     browser.click("#logout").await;
-    browser.wait_for("#login").await;
-    let text = browser.page_text().await;
-    assert!(text.contains("not logged in"), "after logout: {text:?}");
+    browser.wait_for("button.approve").await;
+    assert!(
+        !browser.current_url().await.starts_with(&url),
+        "after logout the app asks for a login at the authorisation server"
+    );
     browser.quit().await;
 }

@@ -1,0 +1,347 @@
+//! `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` towards the app, believed from the
+//! client only when it is one of `server.trusted_proxies`.
+//!
+//! The app uses these headers for audit logs, rate limits and absolute URLs, so a value an
+//! attacker can choose is worse than none. Rules:
+//!
+//! - From an untrusted peer, every inbound forwarding header (`Forwarded`, `X-Forwarded-*`,
+//!   `X-Real-IP`, in any spelling a server might fold into the same name) is dropped: the client
+//!   is the peer, the protocol and host are those of `server.public_url` (the configured
+//!   browser-facing origin; the inbound `Host` is the client's to choose).
+//! - From a trusted peer, `X-Forwarded-For` is walked from the right, skipping trusted hops; the
+//!   first untrusted address is the client. `X-Forwarded-Proto`/`-Host` are taken from their
+//!   right-most value (the one the nearest trusted proxy wrote) when well-formed. RFC 7239
+//!   `Forwarded` is not parsed, and never passed on.
+//! - Outgoing, `X-Forwarded-For` starts at the client found above (addresses left of it were
+//!   supplied by the client and are dropped), so an app that naively reads the first entry still
+//!   gets the right address; `X-Real-IP` carries the client alone.
+
+use std::{net::IpAddr, str::FromStr};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, uri::Authority};
+use ipnet::IpNet;
+use url::Url;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Who the request came from, as far as the gateway can vouch for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forwarding {
+    /// The client's address.
+    pub client: IpAddr,
+    /// Hops from the client to the gateway: the client first, the gateway's peer last.
+    pub chain: Vec<IpAddr>,
+    /// `http` or `https`, as the browser used it.
+    pub proto: String,
+    /// The host (and port) the browser addressed.
+    pub host: String,
+    /// Whether the peer is a trusted proxy (whose other `X-Forwarded-*` headers may pass).
+    pub peer_trusted: bool,
+}
+
+/// Works out the client, protocol and host of a request that arrived from `peer`.
+pub fn resolve(
+    peer: IpAddr,
+    trusted: &[IpNet],
+    inbound: &HeaderMap,
+    public_url: &Url,
+) -> Forwarding {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
+    let default_proto = public_url.scheme().to_owned();
+    let default_host = authority_of(public_url);
+    if !is_trusted(&peer) {
+        return Forwarding {
+            client: peer,
+            chain: vec![peer],
+            proto: default_proto,
+            host: default_host,
+            peer_trusted: false,
+        };
+    }
+
+    // Right to left: each entry is who connected to the hop after it. Stop at the first
+    // address we do not trust (the client) or at garbage (then the last trusted hop is all we
+    // know).
+    let mut chain = vec![peer];
+    for entry in values(inbound, &X_FORWARDED_FOR).rev() {
+        if chain.last().is_some_and(|hop| !is_trusted(hop)) {
+            break;
+        }
+        match parse_ip(entry) {
+            Some(ip) => chain.push(ip),
+            None => break,
+        }
+    }
+    chain.reverse();
+    let proto = values(inbound, &X_FORWARDED_PROTO)
+        .next_back()
+        .map(str::to_ascii_lowercase)
+        .filter(|p| p == "http" || p == "https")
+        .unwrap_or(default_proto);
+    let host = values(inbound, &X_FORWARDED_HOST)
+        .next_back()
+        .or_else(|| inbound.get("host").and_then(|v| v.to_str().ok()))
+        .filter(|h| is_plain_authority(h))
+        .map(str::to_owned)
+        .unwrap_or(default_host);
+    Forwarding {
+        client: chain.first().copied().unwrap_or(peer),
+        chain,
+        proto,
+        host,
+        peer_trusted: true,
+    }
+}
+
+/// Replaces the forwarding headers of an outgoing request with `forwarding`.
+pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
+    let spoofable: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_replaced(name.as_str(), forwarding.peer_trusted))
+        .cloned()
+        .collect();
+    for name in spoofable {
+        headers.remove(name);
+    }
+    let chain = forwarding
+        .chain
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set(X_FORWARDED_FOR, &chain);
+    set(X_FORWARDED_PROTO, &forwarding.proto);
+    set(X_FORWARDED_HOST, &forwarding.host);
+    set(X_REAL_IP, &forwarding.client.to_string());
+}
+
+/// Whether an inbound header is dropped before the gateway's own forwarding headers are set.
+/// A trusted proxy's other `X-Forwarded-*` (port, prefix) pass; a client's do not, and neither
+/// do `_` spellings (`x_forwarded_for`), which no proxy writes but WSGI-style servers fold into
+/// the real name.
+fn is_replaced(name: &str, peer_trusted: bool) -> bool {
+    let folded = fold(name);
+    let respelled = folded != name;
+    let ours = matches!(
+        folded.as_str(),
+        "forwarded" | "x-real-ip" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
+    );
+    ours || (folded.starts_with("x-forwarded-") && (respelled || !peer_trusted))
+}
+
+/// A header name as servers that fold `_` into `-` and ignore case see it.
+fn fold(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Every comma-separated value of every `name` header, in order.
+fn values<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl DoubleEndedIterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `::1` or `[::1]:80`.
+fn parse_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// `host[:port]` with no user info, path or anything a header could smuggle.
+fn is_plain_authority(text: &str) -> bool {
+    !text.contains('@') && Authority::from_str(text).is_ok_and(|a| a.as_str() == text)
+}
+
+fn authority_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("localhost");
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn url() -> Url {
+        Url::parse("https://app.example.com").unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        let inbound = headers(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.example"),
+            ("host", "evil.example"),
+        ]);
+        let f = resolve(ip("198.51.100.1"), &nets(&["10.0.0.0/8"]), &inbound, &url());
+        assert_eq!(f.client, ip("198.51.100.1"));
+        assert_eq!(f.chain, vec![ip("198.51.100.1")]);
+        assert_eq!(f.proto, "https");
+        assert_eq!(f.host, "app.example.com");
+        assert!(!f.peer_trusted);
+    }
+
+    #[test]
+    fn trusted_chain_is_walked_from_the_right() {
+        let inbound = headers(&[
+            ("x-forwarded-for", "1.1.1.1, 203.0.113.7"),
+            ("x-forwarded-for", "10.0.0.5"),
+            ("x-forwarded-proto", "HTTPS"),
+            ("x-forwarded-host", "app.example.com:8443"),
+        ]);
+        let f = resolve(ip("10.0.0.9"), &nets(&["10.0.0.0/8"]), &inbound, &url());
+        assert_eq!(f.client, ip("203.0.113.7"));
+        assert_eq!(
+            f.chain,
+            vec![ip("203.0.113.7"), ip("10.0.0.5"), ip("10.0.0.9")]
+        );
+        assert_eq!(f.proto, "https");
+        assert_eq!(f.host, "app.example.com:8443");
+    }
+
+    #[test]
+    fn garbage_or_an_all_trusted_chain_stops_at_the_last_known_hop() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let f = resolve(
+            ip("10.0.0.9"),
+            &trusted,
+            &headers(&[("x-forwarded-for", "unknown, 10.0.0.5")]),
+            &url(),
+        );
+        assert_eq!(f.client, ip("10.0.0.5"));
+        let f = resolve(
+            ip("10.0.0.9"),
+            &trusted,
+            &headers(&[("x-forwarded-for", "[::ffff:10.0.0.1]:443")]),
+            &url(),
+        );
+        assert_eq!(f.client, ip("10.0.0.1"));
+        let f = resolve(ip("::ffff:10.0.0.9"), &trusted, &HeaderMap::new(), &url());
+        assert_eq!(
+            f.client,
+            ip("10.0.0.9"),
+            "v4-mapped peers are matched as v4"
+        );
+    }
+
+    #[test]
+    fn trusted_but_malformed_proto_and_host_fall_back() {
+        let inbound = headers(&[
+            ("x-forwarded-proto", "javascript"),
+            ("x-forwarded-host", "user@evil.example"),
+        ]);
+        let f = resolve(ip("10.0.0.9"), &nets(&["10.0.0.0/8"]), &inbound, &url());
+        assert_eq!(f.proto, "https");
+        assert_eq!(f.host, "app.example.com");
+        let f = resolve(
+            ip("10.0.0.9"),
+            &nets(&["10.0.0.0/8"]),
+            &headers(&[("host", "internal.example:8080")]),
+            &url(),
+        );
+        assert_eq!(f.host, "internal.example:8080", "a trusted proxy's Host");
+    }
+
+    #[test]
+    fn apply_replaces_every_spelling() {
+        let mut out = headers(&[
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("X-Real-IP", "1.2.3.4"),
+            ("x_real_ip", "1.2.3.4"),
+            ("x-forwarded-port", "1"),
+            ("x_forwarded_prefix", "/evil"),
+            ("accept", "*/*"),
+        ]);
+        let f = resolve(ip("198.51.100.1"), &[], &out.clone(), &url());
+        apply(&mut out, &f);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(out.len(), 5, "{names:?}");
+        assert_eq!(out["x-forwarded-for"], "198.51.100.1");
+        assert_eq!(out["x-real-ip"], "198.51.100.1");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["x-forwarded-host"], "app.example.com");
+        assert!(out.contains_key("accept"));
+    }
+
+    #[test]
+    fn a_trusted_proxys_other_forwarding_headers_pass() {
+        let mut out = headers(&[("x-forwarded-prefix", "/app"), ("x_forwarded_port", "1")]);
+        let f = resolve(ip("10.0.0.9"), &nets(&["10.0.0.0/8"]), &out.clone(), &url());
+        apply(&mut out, &f);
+        assert_eq!(out["x-forwarded-prefix"], "/app");
+        assert!(!out.contains_key("x_forwarded_port"));
+        assert_eq!(out["x-forwarded-for"], "10.0.0.9");
+    }
+
+    proptest! {
+        #[test]
+        fn an_untrusted_peer_never_chooses_the_client(
+            claimed in prop::collection::vec("[0-9a-f.:, ]{0,20}", 0..4),
+            peer in any::<[u8; 4]>(),
+        ) {
+            let peer = IpAddr::from(peer);
+            let mut inbound = HeaderMap::new();
+            for value in &claimed {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    inbound.append(X_FORWARDED_FOR, v);
+                }
+            }
+            let trusted = nets(&["10.0.0.0/8"]);
+            let f = resolve(peer, &trusted, &inbound, &url());
+            if !trusted[0].contains(&peer) {
+                prop_assert_eq!(f.client, peer);
+                let mut out = inbound.clone();
+                apply(&mut out, &f);
+                prop_assert_eq!(out["x-forwarded-for"].to_str().unwrap(), peer.to_string());
+            }
+            // Whoever is named, it is never an address the chain did not end in or walk to.
+            prop_assert_eq!(f.chain.last().copied(), Some(peer));
+        }
+    }
+}
