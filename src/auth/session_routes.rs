@@ -141,11 +141,15 @@ pub fn identity_headers(session: &Session, headers: &mut HeaderMap) {
 
 /// Returns the session with a fresh access token, mapping refresh failures to responses.
 pub async fn fresh_session(state: &AppState, session: Session) -> Result<Session, GatewayError> {
-    state
-        .refresher
-        .fresh(session)
-        .await
-        .map_err(|e| refresh_error(state, e))
+    let key = session.key.clone();
+    state.refresher.fresh(session).await.map_err(|e| {
+        if matches!(e, RefreshError::Ended(_) | RefreshError::Gone) {
+            // The grant is over: the session's WebSockets to the app close now, not at the
+            // next periodic re-check.
+            state.websockets.close_websockets(&key);
+        }
+        refresh_error(state, e)
+    })
 }
 
 /// Maps a refresh failure: an ended grant is a 401 (log in again); anything transient is 503
