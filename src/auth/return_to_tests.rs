@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! The hostile `return_to` corpus (`tests/fixtures/hostile_return_to.txt`): scheme-relative
 //! URLs, backslashes, encoded slashes, control characters, CR/LF, user info, IDN and look-alike
 //! slashes, `javascript:`/`data:`, overlong values. Each is sanitised and then resolved the way

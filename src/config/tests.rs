@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! Scenario tests of loading: layering, unknown keys, secrets from files, validation.
 
 use std::collections::HashMap;

@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! Scenario tests of the whole mock through its router (`oneshot`), plus one over a real socket.
 //!
 //! Shared helpers live here; the scenarios are split by endpoint family.

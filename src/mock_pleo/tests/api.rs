@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! The bearer-protected API and the runtime controls.
 
 use sha2::{Digest, Sha256};

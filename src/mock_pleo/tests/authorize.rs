@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! `/oauth/authorize` and the consent page.
 
 use super::*;

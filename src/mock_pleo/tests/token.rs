@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! `/oauth/token` and `/oauth/token/introspect`.
 
 use super::*;

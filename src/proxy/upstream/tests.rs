@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! The upstream proxy against a real app on an ephemeral port: the gateway is served by the
 //! production accept loop, sessions are created directly in its memory store.
 

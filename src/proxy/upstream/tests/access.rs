@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! Who gets through to the app: sessions, public paths, the 302/401 rule and the CSRF rule.
 
 use reqwest::{StatusCode, header};

@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! What the app sees and what comes back: headers, cookies, bodies, timeouts.
 
 use axum::body::Bytes;

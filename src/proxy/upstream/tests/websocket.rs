@@ -1,3 +1,5 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
 //! WebSockets through the upstream proxy, with a hand-written RFC 6455 client (a handshake and
 //! small frames are all these tests need).
 
