@@ -201,6 +201,11 @@ impl Sessions {
         }
     }
 
+    /// This replica's copy of a session if it was read or written within the last second.
+    pub fn cached(&self, key: &SessionKey) -> Option<Session> {
+        self.cache.fresh(key)
+    }
+
     /// Re-reads a session by key without sliding its expiry (used after waiting for a lock).
     pub async fn reload(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
         let stored = self.store.load(key.as_str(), now_ms()).await?;

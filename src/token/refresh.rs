@@ -184,6 +184,13 @@ impl RefreshCoordinator {
         let store = self.sessions.store();
         let give_up_at = std::time::Instant::now() + self.lock_wait;
         let mut pause = Duration::from_millis(20);
+        // Requests that queued behind this replica's refresh find its result in the session
+        // cache (written together with the store): no store round trip per waiter.
+        if let Some(cached) = self.sessions.cached(key)
+            && !self.still_needed(&cached, rejected)
+        {
+            return Ok(cached);
+        }
         loop {
             // Another replica may have finished while we queued or polled.
             let current = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
