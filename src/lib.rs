@@ -9,14 +9,14 @@
 
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod mock_pleo;
 pub mod proxy;
 pub mod server;
 pub mod session;
-pub mod token;
-pub mod cli;
-pub mod demo;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;

@@ -178,8 +178,16 @@ impl Sessions {
     /// session was read less than a second ago, and a still-valid cached session when the store
     /// fails (the error is returned only when nothing usable is cached).
     pub async fn load_cached(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        let key = self.hasher.current(id.as_str());
-        if let Some(session) = self.cache.fresh(&key) {
+        // Sessions are cached under the key they were found under: after a key rotation, an
+        // older candidate's for sessions created before it.
+        let keys: Vec<SessionKey> = self.hasher.candidates(id.as_str()).collect();
+        // The deadline is known here, so no cached copy outlives it, not even by a second.
+        let before_deadline = |session: &Session| session.absolute_deadline_ms > now_ms();
+        if let Some(session) = keys
+            .iter()
+            .find_map(|key| self.cache.fresh(key))
+            .filter(before_deadline)
+        {
             return Ok(Some(session));
         }
         match self.load(id).await {
@@ -188,12 +196,17 @@ impl Sessions {
                 Ok(Some(session))
             }
             Ok(None) => {
-                self.cache.remove(&key);
+                for key in &keys {
+                    self.cache.remove(key);
+                }
                 Ok(None)
             }
-            Err(e) => match self.cache.any(&key) {
-                Some(session) if session.data.access_expires_at_ms > now_ms() => {
-                    tracing::warn!(session = key.short(), error = %e, "session store failing; using the cached session");
+            Err(e) => match keys.iter().find_map(|key| self.cache.any(key)) {
+                Some(session)
+                    if before_deadline(&session)
+                        && session.data.access_expires_at_ms > now_ms() =>
+                {
+                    tracing::warn!(session = session.key.short(), error = %e, "session store failing; using the cached session");
                     Ok(Some(session))
                 }
                 _ => Err(e),

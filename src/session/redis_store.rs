@@ -10,10 +10,13 @@
 //!
 //! Every multi-step operation is one Lua script on one key, so it is atomic and cluster-safe.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use redis::{
-    Cmd, ErrorKind, Pipeline, RedisFuture, Script, Value,
+    Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisFuture, Script, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
@@ -27,6 +30,11 @@ use super::store::{CasOutcome, StoreError, StoredSession};
 /// request waiting on the store is a user waiting.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the Sentinel master in use is checked against the one the Sentinels name. A planned
+/// failover (`SENTINEL FAILOVER`) leaves the old master up and writable until Sentinel demotes
+/// it, about ten seconds later, discarding whatever was written to it meanwhile (sessions,
+/// rotated refresh tokens); no connection error tells the client, so it has to ask.
+const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
 
 /// Loads a session and slides its TTL: min(idle, absolute deadline - now). Deletes it when the
 /// absolute deadline has passed.
@@ -339,11 +347,17 @@ enum RedisConn {
 }
 
 /// A master found through Sentinel. The connection is dropped on connection-level errors (and
-/// `READONLY`, which a demoted master answers), so the next command asks Sentinel again and
-/// follows a failover.
+/// `READONLY`, which a demoted master answers), and when the Sentinels name another master (see
+/// [`SENTINEL_RECHECK`]), so the next command asks Sentinel again and follows a failover.
 struct SentinelConn {
     sentinel: AsyncMutex<SentinelClient>,
-    current: AsyncMutex<Option<ConnectionManager>>,
+    current: AsyncMutex<Option<SentinelMaster>>,
+}
+
+/// The master in use and its address as Sentinel gave it.
+struct SentinelMaster {
+    conn: ConnectionManager,
+    addr: ConnectionAddr,
 }
 
 fn manager_config() -> ConnectionManagerConfig {
@@ -376,10 +390,12 @@ impl RedisConn {
             })?;
             let nodes = node_urls(nodes_part, "redis")?;
             let client = SentinelClient::build(nodes, master, None, SentinelServerType::Master)?;
-            return Ok(Self::Sentinel(Arc::new(SentinelConn {
+            let conn = Arc::new(SentinelConn {
                 sentinel: AsyncMutex::new(client),
                 current: AsyncMutex::new(None),
-            })));
+            });
+            tokio::spawn(watch_sentinel_master(Arc::downgrade(&conn)));
+            return Ok(Self::Sentinel(conn));
         }
         let client = redis::Client::open(url)?;
         Ok(Self::Single(ConnectionManager::new_lazy_with_config(
@@ -411,13 +427,43 @@ fn node_urls(spec: &str, scheme: &str) -> Result<Vec<String>, StoreError> {
 impl SentinelConn {
     async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
         let mut current = self.current.lock().await;
-        if let Some(conn) = current.as_ref() {
-            return Ok(conn.clone());
+        if let Some(master) = current.as_ref() {
+            return Ok(master.conn.clone());
         }
         let client = self.sentinel.lock().await.async_get_client().await?;
+        let addr = client.get_connection_info().addr().clone();
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
-        *current = Some(conn.clone());
+        *current = Some(SentinelMaster {
+            conn: conn.clone(),
+            addr,
+        });
         Ok(conn)
+    }
+
+    /// Drops the master in use when the Sentinels name another one. Keeps it when they cannot be
+    /// asked: a master that works is not given up because a Sentinel is away.
+    async fn follow_announced_master(&self) {
+        let Some(in_use) = self.current.lock().await.as_ref().map(|m| m.addr.clone()) else {
+            return;
+        };
+        let ask = async { self.sentinel.lock().await.async_get_client().await };
+        let Ok(Ok(client)) = tokio::time::timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, ask).await
+        else {
+            return;
+        };
+        let announced = client.get_connection_info().addr();
+        if *announced == in_use {
+            return;
+        }
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|m| m.addr == in_use) {
+            tracing::warn!(
+                from = %in_use,
+                to = %announced,
+                "Sentinel names a new Redis master; switching"
+            );
+            *current = None;
+        }
     }
 
     async fn forget_on_failover(&self, error: &redis::RedisError) {
@@ -428,6 +474,20 @@ impl SentinelConn {
         {
             *self.current.lock().await = None;
         }
+    }
+}
+
+/// Every [`SENTINEL_RECHECK`], checks the master in use against the Sentinels; ends with the
+/// store.
+async fn watch_sentinel_master(conn: Weak<SentinelConn>) {
+    let mut tick = tokio::time::interval(SENTINEL_RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
+        conn.follow_announced_master().await;
     }
 }
 

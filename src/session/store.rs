@@ -31,7 +31,7 @@ pub enum CasOutcome {
 }
 
 /// A store operation failed. Never means "logged out": callers answer 503 and keep the cookie.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// Redis answered with an error or the connection failed.
     #[error("redis: {0}")]

@@ -5,7 +5,9 @@
 //!
 //! 1. Requests that find the token inside the refresh margin ask [`RefreshCoordinator`].
 //! 2. In this process, one task per session at a time goes further; the others queue behind it
-//!    (single-flight), so a burst of requests costs one lock attempt, not hundreds.
+//!    (single-flight), so a burst of requests costs one lock attempt, not hundreds. They share
+//!    its outcome: a new pair by re-reading the session, a transient failure by answering with
+//!    it (503) rather than each trying again in turn.
 //! 3. Across replicas, that task takes the session's lock in the store (`SET NX PX` with a random
 //!    owner token). The lock outlives the token request: its TTL is the token request timeout
 //!    plus a margin, and it is extended while the request runs. Only the owner releases it.
@@ -44,7 +46,7 @@ const LOCK_MARGIN: Duration = Duration::from_secs(10);
 const MAX_POLL: Duration = Duration::from_millis(250);
 
 /// Why a fresh token could not be had.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RefreshError {
     /// Pleo rejected the refresh token: the grant is over, and the session was deleted.
     #[error("the grant was rejected by Pleo ({0}); the session has ended")]
@@ -73,7 +75,47 @@ pub struct RefreshCoordinator {
     margin: Duration,
     lock_ttl: Duration,
     lock_wait: Duration,
-    locks: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<SessionKey, Arc<Flight>>>,
+}
+
+/// The in-process single-flight of one session: who may try now, and how the attempts that
+/// others queued behind ended.
+#[derive(Debug, Default)]
+struct Flight {
+    /// Held by the one task per session that is refreshing (or waiting for the store lock).
+    turn: tokio::sync::Mutex<()>,
+    /// Attempts finished so far, and the error of the last one if it failed transiently.
+    outcome: Mutex<(u64, Option<RefreshError>)>,
+}
+
+impl Flight {
+    fn outcome(&self) -> std::sync::MutexGuard<'_, (u64, Option<RefreshError>)> {
+        self.outcome.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many attempts had finished when a task joined the queue.
+    fn finished(&self) -> u64 {
+        self.outcome().0
+    }
+
+    /// The transient failure of the last attempt, if one finished after `seen` and failed so.
+    fn failure_since(&self, seen: u64) -> Option<RefreshError> {
+        let outcome = self.outcome();
+        if outcome.0 > seen {
+            outcome.1.clone()
+        } else {
+            None
+        }
+    }
+
+    fn record(&self, result: &Result<Session, RefreshError>) {
+        let mut outcome = self.outcome();
+        outcome.0 += 1;
+        outcome.1 = match result {
+            Err(e @ (RefreshError::Unavailable { .. } | RefreshError::Store(_))) => Some(e.clone()),
+            _ => None,
+        };
+    }
 }
 
 impl RefreshCoordinator {
@@ -139,12 +181,12 @@ impl RefreshCoordinator {
         }
     }
 
-    fn local_lock(&self, key: &SessionKey) -> Arc<tokio::sync::Mutex<()>> {
+    fn local_lock(&self, key: &SessionKey) -> Arc<Flight> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(locks.entry(key.clone()).or_default())
     }
 
-    fn release_local_lock(&self, key: &SessionKey, lock: Arc<tokio::sync::Mutex<()>>) {
+    fn release_local_lock(&self, key: &SessionKey, lock: Arc<Flight>) {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         // Two references left (the map's and ours) means nobody else is queued: forget it.
         if Arc::strong_count(&lock) <= 2 {
@@ -158,10 +200,23 @@ impl RefreshCoordinator {
         rejected: Option<String>,
     ) -> Result<Session, RefreshError> {
         let lock = self.local_lock(&key);
+        let seen = lock.finished();
         let result = {
-            let _held = lock.lock().await;
-            self.refresh_across_replicas(&key, rejected.as_deref())
-                .await
+            let _turn = lock.turn.lock().await;
+            // The attempt we queued behind failed transiently: its answer is ours too. Trying
+            // again at once would send the same refresh to an endpoint that has just failed —
+            // after a timeout, with a refresh token Pleo may already have rotated — and hold
+            // every request queued here for one more request timeout each.
+            match lock.failure_since(seen) {
+                Some(failure) => Err(failure),
+                None => {
+                    let result = self
+                        .refresh_across_replicas(&key, rejected.as_deref())
+                        .await;
+                    lock.record(&result);
+                    result
+                }
+            }
         };
         self.release_local_lock(&key, lock);
         result

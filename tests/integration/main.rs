@@ -7,11 +7,15 @@
 #[macro_use]
 mod support;
 
+mod at_rest;
 mod browser;
 mod config_cli;
+mod failures;
 mod health;
 mod login;
 mod proxy;
+mod redis_topologies;
 mod refresh;
+mod replicas;
 mod sessions;
 mod streaming;

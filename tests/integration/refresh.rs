@@ -7,8 +7,8 @@ use reqwest::{StatusCode, header};
 use tokio::time::Instant;
 
 use crate::support::{
-    Browser, Options, SESSION_COOKIE, StoreKind, TestEnv, json_body, session_set_cookie,
-    wait_until_refresh_due,
+    Options, SESSION_COOKIE, StoreKind, TestEnv, bearer_seen_by_pleo, json_body,
+    session_set_cookie, wait_until_refresh_due,
 };
 
 /// Access tokens live 3 s; the 2 s margin is capped at half of that, so refresh is due at 1.5 s.
@@ -19,18 +19,6 @@ fn short_lived(store: StoreKind) -> Options {
     Options::new(store)
         .access_token_ttl(TOKEN_TTL)
         .refresh_before_expiry(MARGIN)
-}
-
-/// The bearer token the gateway currently sends, as Pleo's echo endpoint saw it.
-async fn bearer_seen_by_pleo(browser: &Browser) -> String {
-    let response = browser.send(browser.get("/pleo/echo/whoami")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let echo = json_body(response).await;
-    echo["headers"]["authorization"]
-        .as_str()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .expect("a bearer token")
-        .to_owned()
 }
 
 for_each_store! {

@@ -122,6 +122,8 @@ pub struct TestEnv {
     pub client_secret: Option<String>,
     /// The Redis key prefix of this test (`None` with the memory store).
     pub redis_prefix: Option<String>,
+    /// The Redis the gateways use when it is not the shared test Redis (a [`PrivateRedis`]).
+    private_redis_url: Option<String>,
     /// The `PLEO_GATEWAY__…` entries every gateway replica of this test is configured with.
     config_env: HashMap<String, String>,
     stop: watch::Sender<bool>,
@@ -226,6 +228,7 @@ impl TestEnv {
             mock_url,
             client_secret,
             redis_prefix,
+            private_redis_url: options.redis_url.clone(),
             config_env: env,
             stop,
             tasks: vec![mock_task, gateway_task],
@@ -235,11 +238,22 @@ impl TestEnv {
     /// Starts another gateway replica with the same configuration (same Redis prefix and keys,
     /// same `public_url`, as behind a load balancer) and returns its URL.
     pub async fn add_replica(&mut self) -> Url {
+        self.add_replica_with(&[]).await
+    }
+
+    /// Like [`TestEnv::add_replica`], with some `PLEO_GATEWAY__…` keys (given without the
+    /// prefix, as in [`Options::env`]) set differently: a replica mid-way through a rolling
+    /// configuration change, say one with another `SESSION__ENCRYPTION_KEYS`.
+    pub async fn add_replica_with(&mut self, overrides: &[(&str, &str)]) -> Url {
+        let mut env = self.config_env.clone();
+        for (key, value) in overrides {
+            env.insert(format!("PLEO_GATEWAY__{key}"), (*value).to_owned());
+        }
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind replica");
         let address = listener.local_addr().expect("replica address");
-        let task = serve_gateway(&self.config_env, listener, self.stop.subscribe()).await;
+        let task = serve_gateway(&env, listener, self.stop.subscribe()).await;
         self.tasks.push(task);
         Url::parse(&format!("http://{address}")).expect("replica url")
     }
@@ -265,7 +279,8 @@ impl TestEnv {
             .redis_prefix
             .as_deref()
             .expect("a Redis-backed TestEnv");
-        let client = redis::Client::open(redis_url()).expect("redis url");
+        let url = self.private_redis_url.clone().unwrap_or_else(redis_url);
+        let client = redis::Client::open(url).expect("redis url");
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
@@ -323,7 +338,11 @@ impl Drop for TestEnv {
         for task in &self.tasks {
             task.abort();
         }
-        if let Some(prefix) = &self.redis_prefix {
+        // A private Redis dies with its test (and may be stopped right now: a connection to a
+        // SIGSTOPped server would hang), so only the shared one is cleaned up.
+        if let Some(prefix) = &self.redis_prefix
+            && self.private_redis_url.is_none()
+        {
             delete_prefix(prefix);
         }
     }
@@ -407,6 +426,168 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A Redis of one test's own
+// ---------------------------------------------------------------------------------------------
+
+/// A `redis-server` child process of one test, for tests that freeze, stop or restart Redis
+/// (the shared test Redis is never touched that way). Killed when dropped.
+pub struct PrivateRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    append_only: bool,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// An in-memory Redis (no RDB, no AOF) on a free port, ready to answer.
+    pub async fn start() -> Self {
+        Self::spawn(false).await
+    }
+
+    /// A Redis that writes every command to an append-only file (fsync always) in its own
+    /// directory, so [`PrivateRedis::stop`] then [`PrivateRedis::restart`] keeps the data.
+    pub async fn start_persistent() -> Self {
+        Self::spawn(true).await
+    }
+
+    async fn spawn(append_only: bool) -> Self {
+        // Bind port 0 and let go: the port is free now, and stays so in practice.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Self {
+            port,
+            dir: tempfile::tempdir().expect("a directory for redis-server"),
+            append_only,
+            child: None,
+        };
+        redis.launch().await;
+        redis
+    }
+
+    async fn launch(&mut self) {
+        let port = self.port.to_string();
+        let append_only = if self.append_only { "yes" } else { "no" };
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port, "--save", ""])
+            .args(["--appendonly", append_only, "--appendfsync", "always"])
+            .args(["--daemonize", "no", "--dir"])
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if self.ping().await {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("redis-server exited with {status}: {}", self.log());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not answer PING: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether it answers PING within half a second.
+    pub async fn ping(&self) -> bool {
+        let attempt = async {
+            let client = redis::Client::open(self.url()).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), attempt).await,
+            Ok(Some(pong)) if pong == "PONG"
+        )
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> String {
+        self.child
+            .as_ref()
+            .expect("redis-server running")
+            .id()
+            .to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// SIGSTOP: the server keeps its sockets and data but answers nothing, like a Redis behind a
+    /// network partition. Connections stay open; commands time out.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`PrivateRedis::freeze`]: everything is as it was.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGTERM and wait for the exit: a clean shutdown (the append-only file is flushed).
+    /// Connections are closed; new ones are refused.
+    pub async fn stop(&mut self) {
+        self.signal("-TERM");
+        let mut child = self.child.take().expect("redis-server running");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while child.try_wait().expect("wait for redis-server").is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts it again on the same port and directory after [`PrivateRedis::stop`].
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.launch().await;
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL also ends a frozen (SIGSTOPped) server.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // What the mock's listener saw
 // ---------------------------------------------------------------------------------------------
 
@@ -442,6 +623,9 @@ pub struct IssuedPair {
     pub access_token: String,
     /// `refresh_token`.
     pub refresh_token: String,
+    /// When the mock handed the response to its socket (after any `set_token_delay`): the
+    /// gateway's clock for this token's expiry starts a moment later.
+    pub issued_at: tokio::time::Instant,
 }
 
 impl MockTap {
@@ -477,16 +661,7 @@ async fn observe_mock(State(tap): State<Arc<MockTap>>, request: Request, next: N
     let path = request.uri().path().to_owned();
     let request = if path.starts_with("/echo") {
         let (parts, body) = request.into_parts();
-        let counter = Arc::clone(&tap);
-        let counted = body.into_data_stream().map(move |chunk| {
-            if let Ok(bytes) = &chunk {
-                counter
-                    .echo_bytes_received
-                    .fetch_add(bytes.len() as u64, Ordering::SeqCst);
-            }
-            chunk
-        });
-        Request::from_parts(parts, Body::from_stream(counted))
+        Request::from_parts(parts, Body::from_stream(lingering(Arc::clone(&tap), body)))
     } else {
         request
     };
@@ -501,6 +676,7 @@ async fn observe_mock(State(tap): State<Arc<MockTap>>, request: Request, next: N
             tap.issued.lock().expect("tap lock").push(IssuedPair {
                 access_token: field("access_token"),
                 refresh_token: field("refresh_token"),
+                issued_at: tokio::time::Instant::now(),
             });
         }
         return Response::from_parts(parts, Body::from(bytes));
@@ -512,6 +688,35 @@ async fn observe_mock(State(tap): State<Arc<MockTap>>, request: Request, next: N
         return Response::from_parts(parts, Body::from_stream(metered));
     }
     response
+}
+
+/// Hands an `/echo` upload to the mock chunk by chunk, counting what the mock reads. If the mock
+/// answers without reading it all (the bearer check's 401 reads nothing), the rest is read and
+/// dropped, as servers with a lingering close do: otherwise the connection is closed with
+/// unread data, the kernel answers the gateway's next bytes with a reset, and the gateway may
+/// lose the early answer to that reset — a race of the test server, not of the gateway.
+fn lingering(
+    tap: Arc<MockTap>,
+    body: Body,
+) -> impl Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
+    let (to_mock, from_client) = tokio::sync::mpsc::channel::<Result<Bytes, axum::Error>>(1);
+    tokio::spawn(async move {
+        let mut body = body.into_data_stream();
+        let mut mock_reading = true;
+        while let Some(chunk) = body.next().await {
+            if mock_reading && to_mock.send(chunk).await.is_err() {
+                mock_reading = false;
+            }
+        }
+    });
+    futures_util::stream::unfold((from_client, tap), |(mut from_client, tap)| async move {
+        let chunk = from_client.recv().await?;
+        if let Ok(bytes) = &chunk {
+            tap.echo_bytes_received
+                .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        }
+        Some((chunk, (from_client, tap)))
+    })
 }
 
 /// Passes `/big`'s chunks on, counting them, and waits for the release once `hold_after` bytes
@@ -797,6 +1002,28 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The bearer token the gateway currently sends, as Pleo's echo endpoint saw it.
+pub async fn bearer_seen_by_pleo(browser: &Browser) -> String {
+    let response = browser.send(browser.get("/pleo/echo/whoami")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo = json_body(response).await;
+    echo["headers"]["authorization"]
+        .as_str()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .expect("a bearer token")
+        .to_owned()
+}
+
+/// Sends `count` GETs of `path` all at once, spread round-robin over `browsers` (one per
+/// replica, say), and returns every status in order.
+pub async fn burst(browsers: &[&Browser], count: usize, path: &str) -> Vec<StatusCode> {
+    let requests = (0..count).map(|i| {
+        let browser = browsers[i % browsers.len()];
+        async move { browser.send(browser.get(path)).await.status() }
+    });
+    futures_util::future::join_all(requests).await
 }
 
 /// Sleeps until the gateway's refresh margin has been reached for a token issued at `issued`:
