@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 pub use id::{SessionHasher, SessionId, SessionKey};
-pub use store::{CasOutcome, Store, StoreError, StoredSession};
+pub use store::{BackoffPolicy, CasOutcome, Store, StoreError, StoredSession};
 
 use crate::token::cipher::TokenCipher;
 

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use super::store::{CasOutcome, StoreError, StoredSession};
+use super::store::{BackoffPolicy, CasOutcome, StoreError, StoredSession};
 
 #[derive(Debug)]
 struct Entry {
@@ -22,6 +22,8 @@ struct Inner {
     sessions: HashMap<String, Entry>,
     logins: HashMap<String, (Vec<u8>, std::time::Instant)>,
     locks: HashMap<String, (String, std::time::Instant)>,
+    /// Failure count, back-off end (unix ms), forget-after (unix ms).
+    backoffs: HashMap<String, (u32, u64, u64)>,
     inserts: u64,
 }
 
@@ -87,6 +89,7 @@ impl MemoryStore {
             inner.sessions.retain(|_, e| e.expires_at_ms > now_ms);
             let now = std::time::Instant::now();
             inner.logins.retain(|_, (_, until)| *until > now);
+            inner.backoffs.retain(|_, (_, _, forget)| *forget > now_ms);
         }
         inner.sessions.insert(
             key.to_owned(),
@@ -196,6 +199,45 @@ impl MemoryStore {
         Ok(())
     }
 
+    pub(super) async fn record_refresh_failure(
+        &self,
+        key: &str,
+        policy: BackoffPolicy,
+        now_ms: u64,
+    ) -> Result<Duration, StoreError> {
+        let mut inner = self.lock();
+        let entry = inner.backoffs.entry(key.to_owned()).or_insert((0, 0, 0));
+        if entry.2 <= now_ms {
+            *entry = (0, 0, 0);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        let wait = policy
+            .first
+            .saturating_mul(1u32 << (entry.0 - 1).min(20))
+            .min(policy.max);
+        entry.1 = now_ms + ms(wait);
+        entry.2 = now_ms + ms(policy.memory);
+        Ok(wait)
+    }
+
+    pub(super) async fn refresh_backoff(
+        &self,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<Duration>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .backoffs
+            .get(key)
+            .filter(|(_, until, _)| *until > now_ms)
+            .map(|(_, until, _)| Duration::from_millis(until - now_ms)))
+    }
+
+    pub(super) async fn clear_refresh_backoff(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().backoffs.remove(key);
+        Ok(())
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -212,4 +254,62 @@ fn live<'a>(inner: &'a mut Inner, key: &str, now_ms: u64) -> Option<&'a mut Entr
         return None;
     }
     inner.sessions.get_mut(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: BackoffPolicy = BackoffPolicy {
+        first: Duration::from_secs(1),
+        max: Duration::from_secs(5),
+        memory: Duration::from_secs(60),
+    };
+
+    #[tokio::test]
+    async fn refresh_backoff_doubles_caps_and_clears() {
+        let store = MemoryStore::new();
+        let waits: Vec<u64> = {
+            let mut waits = Vec::new();
+            for _ in 0..5 {
+                let wait = store
+                    .record_refresh_failure("k", POLICY, 1_000)
+                    .await
+                    .unwrap();
+                waits.push(wait.as_secs());
+            }
+            waits
+        };
+        assert_eq!(waits, [1, 2, 4, 5, 5]);
+        assert_eq!(
+            store.refresh_backoff("k", 2_000).await.unwrap(),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(store.refresh_backoff("k", 6_000).await.unwrap(), None);
+        store.clear_refresh_backoff("k").await.unwrap();
+        assert_eq!(
+            store
+                .record_refresh_failure("k", POLICY, 7_000)
+                .await
+                .unwrap()
+                .as_secs(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn failure_count_is_forgotten_after_the_memory_window() {
+        let store = MemoryStore::new();
+        store.record_refresh_failure("k", POLICY, 0).await.unwrap();
+        store.record_refresh_failure("k", POLICY, 0).await.unwrap();
+        let later = 61_000;
+        assert_eq!(
+            store
+                .record_refresh_failure("k", POLICY, later)
+                .await
+                .unwrap()
+                .as_secs(),
+            1
+        );
+    }
 }

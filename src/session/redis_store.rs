@@ -7,6 +7,8 @@
 //! - `{prefix}login:{hmac}` — a sealed pending login, taken with `GETDEL` so a state works once.
 //! - `{prefix}lock:{hmac}` — the session's refresh lock: a random owner token, `SET NX PX`,
 //!   extended while held, deleted only by its owner.
+//! - `{prefix}backoff:{hmac}` — consecutive transient refresh failures and when the next attempt
+//!   may be made, shared by every replica (exponential back-off, as Pleo asks).
 //!
 //! Every multi-step operation is one Lua script on one key, so it is atomic and cluster-safe.
 
@@ -16,15 +18,15 @@ use std::{
 };
 
 use redis::{
-    Cmd, ConnectionAddr, ErrorKind, Pipeline, RedisFuture, Script, Value,
+    Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline, RedisFuture, Script, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
-    sentinel::{SentinelClient, SentinelServerType},
+    sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
 };
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::store::{CasOutcome, StoreError, StoredSession};
+use super::store::{BackoffPolicy, CasOutcome, StoreError, StoredSession};
 
 /// How long a single Redis command may take before it counts as a failure. Short, because a
 /// request waiting on the store is a user waiting.
@@ -87,12 +89,33 @@ end
 return 0
 ";
 
+/// Records one more failed refresh: the wait doubles from ARGV[1] ms up to ARGV[2] ms; returns
+/// it. The count survives the wait (key kept ARGV[4] ms) so consecutive failures keep doubling.
+const RECORD_FAILURE: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local wait = math.min(tonumber(ARGV[1]) * 2 ^ (n - 1), tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[3]) + wait)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return wait
+";
+
+/// Milliseconds left of the current back-off, 0 when none.
+const BACKOFF_LEFT: &str = r"
+local u = redis.call('HGET', KEYS[1], 'until')
+if not u then return 0 end
+local left = tonumber(u) - tonumber(ARGV[1])
+if left > 0 then return left end
+return 0
+";
+
 struct Scripts {
     load_and_touch: Script,
     compare_and_set: Script,
     create: Script,
     extend_lock: Script,
     unlock: Script,
+    record_failure: Script,
+    backoff_left: Script,
 }
 
 /// A Redis-backed store; cheap to clone (connections are multiplexed and shared).
@@ -129,6 +152,8 @@ impl RedisStore {
                 create: Script::new(CREATE),
                 extend_lock: Script::new(EXTEND_LOCK),
                 unlock: Script::new(UNLOCK),
+                record_failure: Script::new(RECORD_FAILURE),
+                backoff_left: Script::new(BACKOFF_LEFT),
             }),
         })
     }
@@ -143,6 +168,55 @@ impl RedisStore {
 
     fn lock_key(&self, key: &str) -> String {
         format!("{}lock:{}", self.prefix, key)
+    }
+
+    fn backoff_key(&self, key: &str) -> String {
+        format!("{}backoff:{}", self.prefix, key)
+    }
+
+    pub(super) async fn record_refresh_failure(
+        &self,
+        key: &str,
+        policy: BackoffPolicy,
+        now_ms: u64,
+    ) -> Result<Duration, StoreError> {
+        let mut conn = self.conn.clone();
+        let wait: u64 = self
+            .scripts
+            .record_failure
+            .key(self.backoff_key(key))
+            .arg(ms(policy.first))
+            .arg(ms(policy.max))
+            .arg(now_ms)
+            .arg(ms(policy.memory))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Duration::from_millis(wait))
+    }
+
+    pub(super) async fn refresh_backoff(
+        &self,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut conn = self.conn.clone();
+        let left: u64 = self
+            .scripts
+            .backoff_left
+            .key(self.backoff_key(key))
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((left > 0).then(|| Duration::from_millis(left)))
+    }
+
+    pub(super) async fn clear_refresh_backoff(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.backoff_key(key))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     pub(super) async fn load_and_touch(
@@ -370,15 +444,29 @@ fn manager_config() -> ConnectionManagerConfig {
 
 impl RedisConn {
     async fn open(url: &str) -> Result<Self, StoreError> {
-        if let Some(rest) = url.strip_prefix("redis+cluster://") {
-            let nodes = node_urls(rest, "redis")?;
+        let cluster = url
+            .strip_prefix("redis+cluster://")
+            .map(|rest| (rest, "redis"))
+            .or_else(|| {
+                url.strip_prefix("rediss+cluster://")
+                    .map(|rest| (rest, "rediss"))
+            });
+        if let Some((rest, scheme)) = cluster {
+            let nodes = node_urls(rest, scheme)?;
             let client = ClusterClient::builder(nodes)
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
                 .build()?;
             return Ok(Self::Cluster(client.get_async_connection().await?));
         }
-        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        let sentinel = url
+            .strip_prefix("redis+sentinel://")
+            .map(|rest| (rest, "redis"))
+            .or_else(|| {
+                url.strip_prefix("rediss+sentinel://")
+                    .map(|rest| (rest, "rediss"))
+            });
+        if let Some((rest, scheme)) = sentinel {
             let (nodes_part, master) = rest.rsplit_once('/').ok_or_else(|| {
                 StoreError::Redis(
                     (
@@ -388,8 +476,25 @@ impl RedisConn {
                         .into(),
                 )
             })?;
-            let nodes = node_urls(nodes_part, "redis")?;
-            let client = SentinelClient::build(nodes, master, None, SentinelServerType::Master)?;
+            let nodes = node_urls(nodes_part, scheme)?;
+            // The credentials (and TLS) given for the Sentinels are used for the master too:
+            // without this, a password-protected master would refuse every command.
+            let first = nodes
+                .first()
+                .map(String::as_str)
+                .unwrap_or_default()
+                .into_connection_info()?;
+            let mut master_info = SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(first.redis_settings().clone());
+            if scheme == "rediss" {
+                master_info = master_info.set_tls_mode(redis::TlsMode::Secure);
+            }
+            let client = SentinelClient::build(
+                nodes,
+                master,
+                Some(master_info),
+                SentinelServerType::Master,
+            )?;
             let conn = Arc::new(SentinelConn {
                 sentinel: AsyncMutex::new(client),
                 current: AsyncMutex::new(None),
@@ -403,6 +508,22 @@ impl RedisConn {
             manager_config(),
         )?))
     }
+}
+
+/// Every command, including a reconnect or a Sentinel lookup it has to wait for, gets at most
+/// [`RESPONSE_TIMEOUT`]: a request waiting on the store is a user waiting, and a store that does
+/// not answer in time is treated as down (503), never waited on indefinitely.
+fn bounded<'a, T: Send + 'a>(command: RedisFuture<'a, T>) -> RedisFuture<'a, T> {
+    Box::pin(async move {
+        match tokio::time::timeout(RESPONSE_TIMEOUT, command).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "redis command timed out",
+            )
+            .into()),
+        }
+    })
 }
 
 /// Splits `user:pass@h1:p1,h2:p2` into `redis://user:pass@h1:p1`, `redis://user:pass@h2:p2`.
@@ -493,7 +614,7 @@ async fn watch_sentinel_master(conn: Weak<SentinelConn>) {
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
+        bounded(match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
             Self::Sentinel(s) => Box::pin(async move {
@@ -504,7 +625,7 @@ impl ConnectionLike for RedisConn {
                 }
                 result
             }),
-        }
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -513,7 +634,7 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
+        bounded(match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Sentinel(s) => Box::pin(async move {
@@ -524,7 +645,7 @@ impl ConnectionLike for RedisConn {
                 }
                 result
             }),
-        }
+        })
     }
 
     fn get_db(&self) -> i64 {

@@ -41,6 +41,17 @@ pub enum StoreError {
     Corrupt(&'static str),
 }
 
+/// Exponential back-off after transient refresh failures.
+#[derive(Clone, Copy, Debug)]
+pub struct BackoffPolicy {
+    /// Wait after the first failure; doubles with each further one.
+    pub first: Duration,
+    /// Longest wait: attempts never stop, they just come no more often than this.
+    pub max: Duration,
+    /// How long the failure count is remembered after the last failure.
+    pub memory: Duration,
+}
+
 /// The configured backend. An enum rather than a trait object: two backends, static dispatch.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -138,6 +149,31 @@ impl Store {
     /// Releases a lock only if `token` still owns it.
     pub async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.unlock(key, token))
+    }
+
+    /// Records a transient refresh failure; returns how long every replica now waits before the
+    /// next attempt.
+    pub async fn record_refresh_failure(
+        &self,
+        key: &str,
+        policy: BackoffPolicy,
+        now_ms: u64,
+    ) -> Result<Duration, StoreError> {
+        dispatch!(self, s => s.record_refresh_failure(key, policy, now_ms))
+    }
+
+    /// How long until the next refresh attempt is allowed, if a back-off is running.
+    pub async fn refresh_backoff(
+        &self,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<Duration>, StoreError> {
+        dispatch!(self, s => s.refresh_backoff(key, now_ms))
+    }
+
+    /// Forgets the failures after a successful refresh.
+    pub async fn clear_refresh_backoff(&self, key: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.clear_refresh_backoff(key))
     }
 
     /// Whether the backend answers (for `/readyz`).

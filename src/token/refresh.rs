@@ -31,7 +31,7 @@ use secrecy::ExposeSecret;
 
 use super::oauth::{PleoOAuth, TokenError};
 use crate::session::{
-    CasOutcome, Session, SessionKey, Sessions, StoreError, id::random_token, now_ms,
+    BackoffPolicy, CasOutcome, Session, SessionKey, Sessions, StoreError, id::random_token, now_ms,
 };
 
 /// How long clients are told to wait after a transient refresh failure.
@@ -42,6 +42,12 @@ const MAX_STORE_ATTEMPTS: usize = 3;
 const STORE_RETRY_WINDOW: Duration = Duration::from_secs(30);
 /// Added to the token request timeout to get the lock's TTL, so the lock outlives the request.
 const LOCK_MARGIN: Duration = Duration::from_secs(10);
+/// Back-off after transient refresh failures: 1 s, 2 s, 4 s … up to a minute between attempts.
+const BACKOFF: BackoffPolicy = BackoffPolicy {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    memory: Duration::from_secs(600),
+};
 /// Longest pause between two looks at a lock held by another replica.
 const MAX_POLL: Duration = Duration::from_millis(250);
 
@@ -252,6 +258,12 @@ impl RefreshCoordinator {
             if !self.still_needed(&current, rejected) {
                 return Ok(current);
             }
+            if let Some(retry_after) = store.refresh_backoff(key.as_str(), now_ms()).await? {
+                return Err(RefreshError::Unavailable {
+                    reason: "backing off after a failed refresh".into(),
+                    retry_after,
+                });
+            }
             if store.try_lock(key.as_str(), &owner, self.lock_ttl).await? {
                 let result = self.refresh_holding_lock(key, rejected, &owner).await;
                 if let Err(e) = store.unlock(key.as_str(), &owner).await {
@@ -308,8 +320,19 @@ impl RefreshCoordinator {
                 if let Some(scopes) = tokens.scopes {
                     data.scopes = scopes;
                 }
-                self.store_refreshed(key, current, data, refresh_token.expose_secret())
-                    .await
+                let stored = self
+                    .store_refreshed(key, current, data, refresh_token.expose_secret())
+                    .await;
+                if stored.is_ok()
+                    && let Err(e) = self
+                        .sessions
+                        .store()
+                        .clear_refresh_backoff(key.as_str())
+                        .await
+                {
+                    tracing::debug!(session = key.short(), error = %e, "could not clear the refresh back-off");
+                }
+                stored
             }
             Err(TokenError::Rejected { error }) => {
                 // A rejection of a token the store no longer holds is not the end: someone
@@ -329,10 +352,19 @@ impl RefreshCoordinator {
                 Err(RefreshError::Ended(error))
             }
             Err(e) => {
-                tracing::warn!(session = key.short(), error = %e, "refresh failed transiently; session kept");
+                // Every replica now waits before trying again, doubling with each failure: Pleo
+                // asks for exponential back-off, and after a timeout the refresh token may
+                // already be spent — hammering the endpoint with it helps nobody.
+                let retry_after = self
+                    .sessions
+                    .store()
+                    .record_refresh_failure(key.as_str(), BACKOFF, now_ms())
+                    .await
+                    .unwrap_or(REFRESH_RETRY_AFTER);
+                tracing::warn!(session = key.short(), error = %e, retry_in = ?retry_after, "refresh failed transiently; session kept");
                 Err(RefreshError::Unavailable {
                     reason: e.to_string(),
-                    retry_after: REFRESH_RETRY_AFTER,
+                    retry_after,
                 })
             }
         }

@@ -67,6 +67,17 @@ async fn probe_burst(browsers: &[&Browser], count: usize, path: &str) -> Vec<Out
 }
 
 /// A 503 that keeps the session: `Retry-After`, no `Set-Cookie`.
+/// The longest `Retry-After` among `outcomes`.
+fn retry_after(outcomes: &[Outcome]) -> Duration {
+    Duration::from_secs(
+        outcomes
+            .iter()
+            .filter_map(|o| o.retry_after)
+            .max()
+            .unwrap_or(0),
+    )
+}
+
 fn assert_retryable_503(outcome: &Outcome, what: &str) {
     assert_eq!(
         outcome.status,
@@ -126,6 +137,13 @@ async fn token_endpoint_503_or_timeout_keeps_the_session() {
         let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
         let stats = env.mock.stats();
         assert_eq!(stats.refresh_token_grants, 0, "{stats:?}");
+        // One attempt for the whole burst across three replicas: the first failure starts a
+        // back-off shared through Redis, and everyone else answers 503 without asking Pleo.
+        assert_eq!(
+            stats.token_requests - 1,
+            1,
+            "a single refresh attempt during the back-off: {stats:?}"
+        );
         assert_eq!(
             stats.api_requests, 1,
             "only the login's introspection: {stats:?}"
@@ -145,6 +163,8 @@ async fn token_endpoint_503_or_timeout_keeps_the_session() {
         }
 
         env.mock.set_token_failure(None);
+        // Clients that honour Retry-After get through once the back-off has passed.
+        tokio::time::sleep(retry_after(&outcomes)).await;
         let outcomes = probe_burst(&replicas, 30, "/pleo/v2/employees").await;
         assert!(
             outcomes.iter().all(|o| o.status == StatusCode::OK),
@@ -198,6 +218,7 @@ async fn token_endpoint_503_or_timeout_keeps_the_session() {
         // The rotated pair's response was lost: the stored refresh token is dead, and the next
         // refresh ends the session, cleanly.
         env.mock.set_token_delay(Duration::ZERO);
+        tokio::time::sleep(retry_after(&outcomes)).await;
         let ended = probe(&browsers[0], "/pleo/v2/employees").await;
         assert_eq!(ended.status, StatusCode::UNAUTHORIZED, "{ended:?}");
         assert_eq!(ended.error.as_deref(), Some("session_ended"));

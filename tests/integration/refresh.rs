@@ -115,6 +115,9 @@ for_each_store! {
         assert_eq!(info.status(), StatusCode::OK, "the session survives");
 
         env.mock.set_token_failure(None);
+        // The gateway backs off before asking Pleo again; a client that honours Retry-After
+        // gets through after it.
+        tokio::time::sleep(Duration::from_secs(retry_after)).await;
         let response = browser.send(browser.get("/pleo/v2/employees")).await;
         assert_eq!(response.status(), StatusCode::OK);
         let stats = env.mock.stats();
