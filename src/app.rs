@@ -80,6 +80,13 @@ impl AppState {
             config.pleo.refresh_before_expiry,
             config.pleo.request_timeout,
         ));
+        if config.pleo.proactive_refresh {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                refresher.spawn_proactive_refresh();
+            } else {
+                tracing::warn!("pleo.proactive_refresh needs a running Tokio runtime; disabled");
+            }
+        }
         let cookies = Arc::new(CookieSettings::new(
             &config.session.cookie_name,
             config.is_plain_http(),

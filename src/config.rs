@@ -119,6 +119,9 @@ pub struct PleoConfig {
     pub scopes: Vec<String>,
     /// Refresh the access token when it expires within this (default 60 s).
     pub refresh_before_expiry: Duration,
+    /// Refresh recently used sessions in the background shortly before their token needs it,
+    /// so user requests rarely wait on the token endpoint.
+    pub proactive_refresh: bool,
     /// Deadline for a whole outbound call to Pleo, body included (default 15 s).
     pub request_timeout: Duration,
     /// Deadline for establishing a connection to Pleo (default 5 s).

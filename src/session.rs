@@ -188,11 +188,13 @@ impl Sessions {
             .find_map(|key| self.cache.fresh(key))
             .filter(before_deadline)
         {
+            self.cache.mark_used(&session.key);
             return Ok(Some(session));
         }
         match self.load(id).await {
             Ok(Some(session)) => {
                 self.cache.put(&session);
+                self.cache.mark_used(&session.key);
                 Ok(Some(session))
             }
             Ok(None) => {
@@ -212,6 +214,11 @@ impl Sessions {
                 _ => Err(e),
             },
         }
+    }
+
+    /// Sessions that requests on this replica used within `window` (for background refresh).
+    pub fn recently_used(&self, window: Duration) -> Vec<Session> {
+        self.cache.recently_used(window)
     }
 
     /// This replica's copy of a session if it was read or written within the last second.

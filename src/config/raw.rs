@@ -35,6 +35,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "client_secret_file",
             "scopes",
             "refresh_before_expiry",
+            "proactive_refresh",
             "request_timeout",
             "connect_timeout",
         ],

@@ -60,6 +60,15 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         "refresh_before_expiry",
         &duration(pleo.refresh_before_expiry),
     );
+    line(
+        &mut out,
+        "proactive_refresh",
+        if pleo.proactive_refresh {
+            "true"
+        } else {
+            "false"
+        },
+    );
     line(&mut out, "request_timeout", &duration(pleo.request_timeout));
     line(&mut out, "connect_timeout", &duration(pleo.connect_timeout));
 

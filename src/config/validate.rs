@@ -244,6 +244,13 @@ fn pleo(r: &mut Reader) -> Option<PleoConfig> {
             Ok(duration)
         },
     );
+    let proactive_refresh = r.value("pleo", "proactive_refresh", "false", |text| {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("must be true or false ({text:?})")),
+        }
+    });
     let request_timeout = r.duration("pleo", "request_timeout", DEFAULT_REQUEST_TIMEOUT);
     let connect_timeout = r.duration("pleo", "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
     Some(PleoConfig {
@@ -254,6 +261,7 @@ fn pleo(r: &mut Reader) -> Option<PleoConfig> {
         client_secret: client_secret.map(SecretString::from),
         scopes,
         refresh_before_expiry: refresh_before_expiry?,
+        proactive_refresh: proactive_refresh?,
         request_timeout: request_timeout?,
         connect_timeout: connect_timeout?,
     })

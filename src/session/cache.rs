@@ -8,7 +8,10 @@
 
 use std::{
     collections::HashMap,
-    sync::RwLock,
+    sync::{
+        RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,21 +20,70 @@ use super::{Session, SessionKey};
 /// How long a cached session is used without asking the store.
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
 /// Upper bound on cached sessions; beyond it, entries older than [`FRESH_FOR`] are dropped.
-const MAX_ENTRIES: usize = 50_000;
+const MAX_ENTRIES: usize = 20_000;
+/// Entries not read or written for this long are dropped by the periodic sweep.
+const KEEP_FOR: Duration = Duration::from_secs(600);
+/// Sweep every this many inserts.
+const SWEEP_EVERY: u64 = 1024;
 
 #[derive(Debug)]
 struct Entry {
     session: Session,
     fetched: Instant,
+    /// When a request last used the session (ms since `SessionCache::epoch`; 0 = never). Kept
+    /// apart from `fetched`, which background refreshes also move.
+    used: AtomicU64,
 }
 
 /// Sessions by store key, with the time they were read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionCache {
     entries: RwLock<HashMap<SessionKey, Entry>>,
+    epoch: Instant,
+    inserts: AtomicU64,
+}
+
+impl Default for SessionCache {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            epoch: Instant::now(),
+            inserts: AtomicU64::new(0),
+        }
+    }
 }
 
 impl SessionCache {
+    fn since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Notes that a request used this session now (an atomic store under the read lock: cheap
+    /// on the hot path).
+    pub fn mark_used(&self, key: &SessionKey) {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.get(key) {
+            entry.used.store(self.since_epoch(), Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions a request used within `window`, for background refresh.
+    pub fn recently_used(&self, window: Duration) -> Vec<Session> {
+        let now = self.since_epoch();
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .values()
+            .filter(|e| {
+                let used = e.used.load(Ordering::Relaxed);
+                used > 0 && now.saturating_sub(used) <= window
+            })
+            .map(|e| e.session.clone())
+            .collect()
+    }
+
     /// The cached session if it was read less than [`FRESH_FOR`] ago.
     pub fn fresh(&self, key: &SessionKey) -> Option<Session> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
@@ -51,21 +103,39 @@ impl SessionCache {
     /// replaces a newer one.
     pub fn put(&self, session: &Session) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if self
+            .inserts
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
+            entries.retain(|_, e| e.fetched.elapsed() < KEEP_FOR);
+        }
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, e| e.fetched.elapsed() < FRESH_FOR);
+            if self
+                .inserts
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(SWEEP_EVERY)
+            {
+                entries.retain(|_, e| e.fetched.elapsed() < KEEP_FOR);
+            }
             if entries.len() >= MAX_ENTRIES {
                 entries.clear();
             }
         }
-        let newer_cached = entries
-            .get(&session.key)
-            .is_some_and(|e| e.session.version > session.version);
+        let (newer_cached, used) = entries.get(&session.key).map_or((false, 0), |e| {
+            (
+                e.session.version > session.version,
+                e.used.load(Ordering::Relaxed),
+            )
+        });
         if !newer_cached {
             entries.insert(
                 session.key.clone(),
                 Entry {
                     session: session.clone(),
                     fetched: Instant::now(),
+                    used: AtomicU64::new(used),
                 },
             );
         }

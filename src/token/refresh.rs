@@ -48,8 +48,21 @@ const BACKOFF: BackoffPolicy = BackoffPolicy {
     max: Duration::from_secs(60),
     memory: Duration::from_secs(600),
 };
+/// How often the background refresh looks for sessions to refresh.
+const PROACTIVE_SWEEP: Duration = Duration::from_secs(1);
+/// Sessions used within this window count as active for background refresh.
+const PROACTIVE_ACTIVE_WINDOW: Duration = Duration::from_secs(300);
 /// Longest pause between two looks at a lock held by another replica.
 const MAX_POLL: Duration = Duration::from_millis(250);
+
+/// What a refresh is for; decides, after waiting, whether it is still needed.
+#[derive(Clone, Debug)]
+enum Want {
+    /// A token that will not need refreshing within `margin`.
+    Fresh { margin: Duration },
+    /// Any token but this one, which Pleo rejected.
+    Replace { rejected: String },
+}
 
 /// Why a fresh token could not be had.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -124,6 +137,15 @@ impl Flight {
     }
 }
 
+/// Whether the token is inside `margin` of expiring, the margin capped at half the token's
+/// lifetime so a short-lived token is not refreshed constantly.
+fn needs_refresh_within(session: &Session, now_ms: u64, margin: Duration) -> bool {
+    let margin_ms = u64::try_from(margin.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(session.data.access_lifetime_ms / 2);
+    now_ms.saturating_add(margin_ms) >= session.data.access_expires_at_ms
+}
+
 impl RefreshCoordinator {
     /// `margin` is `pleo.refresh_before_expiry`; `request_timeout` is the token request's
     /// deadline (`pleo.request_timeout`), from which the lock's lifetime is derived.
@@ -146,10 +168,7 @@ impl RefreshCoordinator {
     /// Whether the session's access token is inside its refresh margin: `refresh_before_expiry`,
     /// capped at half the token's lifetime so a short-lived token is not refreshed constantly.
     pub fn needs_refresh(&self, session: &Session, now_ms: u64) -> bool {
-        let margin_ms = u64::try_from(self.margin.as_millis())
-            .unwrap_or(u64::MAX)
-            .min(session.data.access_lifetime_ms / 2);
-        now_ms.saturating_add(margin_ms) >= session.data.access_expires_at_ms
+        needs_refresh_within(session, now_ms, self.margin)
     }
 
     /// Returns `session` if its token is fresh, else a refreshed copy.
@@ -157,7 +176,37 @@ impl RefreshCoordinator {
         if !self.needs_refresh(&session, now_ms()) {
             return Ok(session);
         }
-        self.refresh(session.key, None).await
+        let margin = self.margin;
+        self.refresh(session.key, Want::Fresh { margin }).await
+    }
+
+    /// Starts the background refresh of recently used sessions (`pleo.proactive_refresh`): every
+    /// second, sessions a request used in the last five minutes whose token comes within twice
+    /// the refresh margin of expiring are refreshed, through the same lock and single-flight as
+    /// request-driven refreshes. The task ends when the coordinator is dropped.
+    pub fn spawn_proactive_refresh(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROACTIVE_SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                let margin = this.margin * 2;
+                let now = now_ms();
+                for session in this.sessions.recently_used(PROACTIVE_ACTIVE_WINDOW) {
+                    if !needs_refresh_within(&session, now, margin) {
+                        continue;
+                    }
+                    if let Err(e) = this
+                        .refresh(session.key.clone(), Want::Fresh { margin })
+                        .await
+                    {
+                        tracing::debug!(session = session.key.short(), error = %e, "background refresh did not succeed");
+                    }
+                }
+            }
+        });
     }
 
     /// Refreshes because Pleo answered 401 to `rejected_access_token`, unless the stored token
@@ -167,17 +216,23 @@ impl RefreshCoordinator {
         key: SessionKey,
         rejected_access_token: String,
     ) -> Result<Session, RefreshError> {
-        self.refresh(key, Some(rejected_access_token)).await
+        self.refresh(
+            key,
+            Want::Replace {
+                rejected: rejected_access_token,
+            },
+        )
+        .await
     }
 
     async fn refresh(
         self: &Arc<Self>,
         key: SessionKey,
-        rejected: Option<String>,
+        want: Want,
     ) -> Result<Session, RefreshError> {
         let this = Arc::clone(self);
         // Spawned: once started, the refresh completes and is stored even if our caller is gone.
-        let task = tokio::spawn(async move { this.refresh_locked(key, rejected).await });
+        let task = tokio::spawn(async move { this.refresh_locked(key, want).await });
         match task.await {
             Ok(result) => result,
             Err(e) => Err(RefreshError::Unavailable {
@@ -200,11 +255,7 @@ impl RefreshCoordinator {
         }
     }
 
-    async fn refresh_locked(
-        &self,
-        key: SessionKey,
-        rejected: Option<String>,
-    ) -> Result<Session, RefreshError> {
+    async fn refresh_locked(&self, key: SessionKey, want: Want) -> Result<Session, RefreshError> {
         let lock = self.local_lock(&key);
         let seen = lock.finished();
         let result = {
@@ -216,9 +267,7 @@ impl RefreshCoordinator {
             match lock.failure_since(seen) {
                 Some(failure) => Err(failure),
                 None => {
-                    let result = self
-                        .refresh_across_replicas(&key, rejected.as_deref())
-                        .await;
+                    let result = self.refresh_across_replicas(&key, &want).await;
                     lock.record(&result);
                     result
                 }
@@ -229,17 +278,17 @@ impl RefreshCoordinator {
     }
 
     /// Whether `current` still needs the refresh this caller asked for.
-    fn still_needed(&self, current: &Session, rejected: Option<&str>) -> bool {
-        match rejected {
-            Some(bad) => current.data.access_token.expose_secret() == bad,
-            None => self.needs_refresh(current, now_ms()),
+    fn still_needed(&self, current: &Session, want: &Want) -> bool {
+        match want {
+            Want::Replace { rejected } => current.data.access_token.expose_secret() == rejected,
+            Want::Fresh { margin } => needs_refresh_within(current, now_ms(), *margin),
         }
     }
 
     async fn refresh_across_replicas(
         &self,
         key: &SessionKey,
-        rejected: Option<&str>,
+        want: &Want,
     ) -> Result<Session, RefreshError> {
         let owner = random_token();
         let store = self.sessions.store();
@@ -248,14 +297,14 @@ impl RefreshCoordinator {
         // Requests that queued behind this replica's refresh find its result in the session
         // cache (written together with the store): no store round trip per waiter.
         if let Some(cached) = self.sessions.cached(key)
-            && !self.still_needed(&cached, rejected)
+            && !self.still_needed(&cached, want)
         {
             return Ok(cached);
         }
         loop {
             // Another replica may have finished while we queued or polled.
             let current = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
-            if !self.still_needed(&current, rejected) {
+            if !self.still_needed(&current, want) {
                 return Ok(current);
             }
             if let Some(retry_after) = store.refresh_backoff(key.as_str(), now_ms()).await? {
@@ -265,7 +314,7 @@ impl RefreshCoordinator {
                 });
             }
             if store.try_lock(key.as_str(), &owner, self.lock_ttl).await? {
-                let result = self.refresh_holding_lock(key, rejected, &owner).await;
+                let result = self.refresh_holding_lock(key, want, &owner).await;
                 if let Err(e) = store.unlock(key.as_str(), &owner).await {
                     // It expires on its own after lock_ttl.
                     tracing::warn!(session = key.short(), error = %e, "could not release the refresh lock");
@@ -286,13 +335,13 @@ impl RefreshCoordinator {
     async fn refresh_holding_lock(
         &self,
         key: &SessionKey,
-        rejected: Option<&str>,
+        want: &Want,
         owner: &str,
     ) -> Result<Session, RefreshError> {
         // Re-read under the lock: whoever held it before us may have stored a new pair between
         // our last look and taking the lock.
         let current = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
-        if !self.still_needed(&current, rejected) {
+        if !self.still_needed(&current, want) {
             return Ok(current);
         }
         let Some(refresh_token) = current.data.refresh_token.clone() else {

@@ -198,3 +198,50 @@ async fn concurrent_requests_on_two_replicas_refresh_once() {
     assert_eq!(bearer_seen_by_pleo(&on_first).await, latest);
     assert_eq!(bearer_seen_by_pleo(&on_second).await, latest);
 }
+
+/// With `pleo.proactive_refresh`, a session a request used recently is refreshed in the
+/// background when its token comes within twice the margin of expiring — before any request
+/// would have to wait for it — and a session nobody used is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proactive_refresh_renews_active_sessions_before_requests_need_it() {
+    const LIFETIME: Duration = Duration::from_secs(8);
+    let env = TestEnv::start(
+        Options::new(StoreKind::Redis)
+            .access_token_ttl(LIFETIME)
+            .refresh_before_expiry(MARGIN)
+            .env("PLEO__PROACTIVE_REFRESH", "true"),
+    )
+    .await;
+    let active = env.browser();
+    active.login().await;
+    let idle = env.browser();
+    idle.login().await;
+    let issued = env.tap.issued()[0].issued_at;
+    let response = active.send(active.get("/pleo/v2/employees")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Background refresh is due at 8 s - 2 × 2 s = 4 s; a request-driven one only at 6 s.
+    let request_driven_at = issued + LIFETIME - MARGIN;
+    loop {
+        if env.mock.stats().refresh_token_grants >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < request_driven_at,
+            "no background refresh before a request would have needed one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep_until(request_driven_at + Duration::from_millis(300)).await;
+    let stats = env.mock.stats();
+    assert_eq!(
+        stats.refresh_token_grants, 1,
+        "only the used session: {stats:?}"
+    );
+    assert_eq!(stats.reuse_detections, 0);
+
+    // The request that would have waited for a refresh finds a fresh token.
+    let response = active.send(active.get("/pleo/v2/employees")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(env.mock.stats().refresh_token_grants, 1);
+}
