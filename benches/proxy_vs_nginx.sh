@@ -78,5 +78,16 @@ echo "gateway RSS before: $(( $(rss "$gw_pid") / 1024 )) MiB"
 echo "--- nginx, plain reverse proxy"
 wrk -t2 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$nginx_port/" | grep -E "Requests/sec|Latency|Non-2xx"
 echo "--- pleo-gateway, session check + identity headers + proxy"
+if [ -n "${PERF:-}" ]; then
+  # PERF=1: sample the gateway while wrk runs; top functions in /tmp/pleo-gateway.perf.txt
+  perf record -F 999 -g -p "$gw_pid" -o /tmp/pleo-gateway.perf.data -- sleep 8 >/dev/null 2>&1 &
+  perf_pid=$!
+fi
 wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -H "Cookie: $cookie" "http://127.0.0.1:$gw_port/" | grep -E "Requests/sec|Latency|Non-2xx"
+if [ -n "${PERF:-}" ]; then
+  wait "$perf_pid" || true
+  perf report -i /tmp/pleo-gateway.perf.data --no-children --percent-limit 1.5 --stdio 2>/dev/null \
+    | grep -v '^$' | head -60 > /tmp/pleo-gateway.perf.txt
+  echo "profile: /tmp/pleo-gateway.perf.txt"
+fi
 echo "gateway RSS after: $(( $(rss "$gw_pid") / 1024 )) MiB (peak $(( $(awk '/VmHWM/{print $2}' "/proc/$gw_pid/status") / 1024 )) MiB)"

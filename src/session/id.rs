@@ -72,7 +72,8 @@ impl SessionKey {
 /// current, the others let sessions created before a key rotation still be found.
 #[derive(Clone)]
 pub struct SessionHasher {
-    keys: Vec<[u8; 32]>,
+    /// Keyed HMAC states, ready to clone: the key schedule is done once, not per request.
+    keys: Vec<Hmac<Sha256>>,
 }
 
 impl std::fmt::Debug for SessionHasher {
@@ -93,7 +94,9 @@ impl SessionHasher {
                 let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(k.bytes())
                     .unwrap_or_else(|_| unreachable_hmac());
                 mac.update(b"pleo-gateway session-id hashing key v1");
-                mac.finalize().into_bytes().into()
+                let hashing_key = mac.finalize().into_bytes();
+                <Hmac<Sha256> as Mac>::new_from_slice(&hashing_key)
+                    .unwrap_or_else(|_| unreachable_hmac())
             })
             .collect();
         Self { keys }
@@ -110,13 +113,14 @@ impl SessionHasher {
     }
 
     fn with_key(&self, index: usize, id: &str) -> SessionKey {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.keys[index])
-            .unwrap_or_else(|_| unreachable_hmac());
+        let mut mac = self.keys[index].clone();
         mac.update(id.as_bytes());
         let digest = mac.finalize().into_bytes();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hex = String::with_capacity(64);
         for byte in digest {
-            hex.push_str(&format!("{byte:02x}"));
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
         SessionKey(hex)
     }
