@@ -297,14 +297,7 @@ pub fn escape_html(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.insert(*k, HeaderValue::from_static(v));
-        }
-        map
-    }
+    use crate::test_support::header_map as headers;
 
     #[test]
     fn navigation_is_detected_from_fetch_metadata_then_accept() {

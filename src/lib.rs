@@ -19,4 +19,6 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod token;

@@ -184,21 +184,11 @@ fn authority_of(url: &Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::header_map as headers;
     use proptest::prelude::*;
 
     fn url() -> Url {
         Url::parse("https://app.example.com").unwrap()
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        map
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {

@@ -85,19 +85,9 @@ pub fn from_pleo(mut headers: HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::header_map as map;
     use axum::http::HeaderValue;
     use proptest::prelude::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     #[test]
     fn outgoing_request_loses_credentials_and_hop_by_hop() {

@@ -317,14 +317,7 @@ fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
 #[cfg(test)]
 mod csrf_tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.insert(*k, HeaderValue::from_static(v));
-        }
-        map
-    }
+    use crate::test_support::header_map as headers;
 
     #[test]
     fn same_origin_pages_pass_and_other_sites_do_not() {

@@ -157,15 +157,7 @@ async fn session_ended(state: &AppState, key: &SessionKey, mut closed: watch::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(*k, HeaderValue::from_static(v));
-        }
-        map
-    }
+    use crate::test_support::header_map as headers;
 
     #[test]
     fn upgrades_are_recognised_by_their_tokens() {

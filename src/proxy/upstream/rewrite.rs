@@ -131,21 +131,11 @@ fn mark_websocket_upgrade(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::session::{SessionData, SessionHasher};
+    use crate::test_support::header_map as map;
     use proptest::prelude::*;
     use secrecy::SecretString;
 
     const NAMES: [&str; 2] = ["__Host-pleo-session", "pleo-session"];
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     fn session() -> Session {
         let key = SessionHasher::new(&[crate::config::EncryptionKey::generate()]).current("x");
