@@ -31,6 +31,9 @@ pub enum GatewayError {
     SessionEnded {
         /// Where to send the user to log in.
         login_url: String,
+        /// `Set-Cookie` that expires the dead session's cookie (the session is gone
+        /// server-side, so the browser need not keep sending it).
+        clear_cookie: HeaderValue,
     },
     /// An unsafe method came without the `X-CSRF` header.
     #[error("this request needs the X-CSRF header (any non-empty value)")]
@@ -179,7 +182,7 @@ impl IntoResponse for GatewayError {
             e => tracing::debug!(error.code = e.code(), "{e}"),
         }
         let login_url = match &self {
-            Self::NotAuthenticated { login_url } | Self::SessionEnded { login_url } => {
+            Self::NotAuthenticated { login_url } | Self::SessionEnded { login_url, .. } => {
                 Some(login_url.clone())
             }
             _ => None,
@@ -203,6 +206,9 @@ impl IntoResponse for GatewayError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Cookie realm=\"pleo-gateway\""),
             );
+        }
+        if let Self::SessionEnded { clear_cookie, .. } = &self {
+            headers.append(header::SET_COOKIE, clear_cookie.clone());
         }
         response.extensions_mut().insert(body);
         response

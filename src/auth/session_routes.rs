@@ -152,12 +152,14 @@ pub async fn fresh_session(state: &AppState, session: Session) -> Result<Session
     })
 }
 
-/// Maps a refresh failure: an ended grant is a 401 (log in again); anything transient is 503
-/// with `Retry-After`, and the session and cookie stay as they are.
+/// Maps a refresh failure: an ended grant is a 401 (log in again) that also expires the cookie
+/// of the deleted session; anything transient is 503 with `Retry-After`, and the session and
+/// cookie stay as they are.
 pub fn refresh_error(state: &AppState, error: RefreshError) -> GatewayError {
     match error {
         RefreshError::Ended(_) | RefreshError::Gone => GatewayError::SessionEnded {
             login_url: state.login_url("/"),
+            clear_cookie: state.cookies.clear(),
         },
         RefreshError::Unavailable { retry_after, .. } => {
             GatewayError::PleoUnavailable { retry_after }

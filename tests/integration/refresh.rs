@@ -74,6 +74,8 @@ for_each_store! {
         wait_until_refresh_due(logged_in, TOKEN_TTL).await;
         let response = browser.send(browser.get("/pleo/v2/employees")).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let cleared = session_set_cookie(&response).expect("the dead session's cookie is expired");
+        assert_eq!(cleared.max_age, Some(0));
         let body = json_body(response).await;
         assert_eq!(body["error"], "session_ended");
         assert!(body["login_url"].as_str().is_some_and(|u| u.starts_with("/auth/login")));
