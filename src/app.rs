@@ -183,6 +183,7 @@ pub fn app(state: AppState) -> Router {
         router.fallback(not_found)
     };
     router
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::telemetry::track_requests))
         .with_state(state)
         // Outermost last: request ids exist before tracing starts; secrets are marked sensitive
@@ -202,6 +203,10 @@ pub fn app(state: AppState) -> Router {
 
 async fn not_found() -> GatewayError {
     GatewayError::NotFound
+}
+
+async fn method_not_allowed() -> GatewayError {
+    GatewayError::MethodNotAllowed
 }
 
 async fn healthz() -> &'static str {

@@ -85,9 +85,38 @@ pub enum GatewayError {
     /// No route.
     #[error("not found")]
     NotFound,
+    /// The route exists, but not for this method.
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     /// A bug or an impossible state; details are logged, never returned.
     #[error("internal error")]
     Internal(String),
+}
+
+/// `Query<T>` whose rejection is a [`GatewayError`] (JSON or HTML like every other error)
+/// instead of axum's plain-text body.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for QueryParams<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(GatewayError::BadRequest(format!(
+                "the query string is not valid: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
 }
 
 /// The JSON error body every endpoint uses: `{"error": "...", "message": "..."}`.
@@ -124,6 +153,7 @@ impl GatewayError {
             Self::PleoUnreachable | Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,6 +178,7 @@ impl GatewayError {
             Self::StoreUnavailable => "session_store_unavailable",
             Self::BodyTooLarge => "body_too_large",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Internal(_) => "internal_error",
         }
     }

@@ -1,7 +1,7 @@
 //! `/auth/login` and `/auth/callback`: the authorisation-code flow with PKCE (S256).
 
 use axum::{
-    extract::{Query, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{current_session, return_to::sanitize_return_to};
 use crate::{
     app::AppState,
-    error::GatewayError,
+    error::{GatewayError, QueryParams},
     session::{PendingLogin, SessionData, id::random_token, now_ms},
     token::TokenError,
 };
@@ -28,7 +28,7 @@ pub struct LoginQuery {
 /// TTL, single use), and the browser is sent to Pleo's authorize endpoint.
 pub async fn begin_login(
     State(state): State<AppState>,
-    Query(query): Query<LoginQuery>,
+    QueryParams(query): QueryParams<LoginQuery>,
 ) -> Result<Response, GatewayError> {
     let subject_hint = match query.urn_pleo_params_oauth_subject.as_deref() {
         None | Some("") => None,
@@ -76,7 +76,7 @@ pub struct CallbackQuery {
 pub async fn complete_login(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<CallbackQuery>,
+    QueryParams(query): QueryParams<CallbackQuery>,
 ) -> Result<Response, GatewayError> {
     let Some(login_state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
         return Err(GatewayError::BadRequest(

@@ -39,3 +39,35 @@ async fn readyz_is_503_when_redis_is_unreachable() {
     assert_eq!(login.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(login.headers().contains_key(reqwest::header::RETRY_AFTER));
 }
+
+/// Malformed requests to the gateway's own routes get the gateway's JSON error format, not a
+/// framework's plain-text body: a query that does not parse, a wrong method, an unknown route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_get_json_errors() {
+    let env = TestEnv::start(Options::new(StoreKind::Memory)).await;
+    let browser = env.browser();
+    for (request, status, code) in [
+        (
+            browser.get("/auth/callback?state=a&state=b&code=c"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            browser.post("/auth/session"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            browser.get("/auth/nope"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (browser.get("/pleo"), StatusCode::NOT_FOUND, "not_found"),
+    ] {
+        let response = browser.send(request).await;
+        assert_eq!(response.status(), status);
+        let body = json_body(response).await;
+        assert_eq!(body["error"], code, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
