@@ -113,6 +113,9 @@ pub struct PendingLogin {
     pub return_to: String,
     /// `urn_pleo_params_oauth_subject` from an Initiation-URI login, if any.
     pub subject_hint: Option<String>,
+    /// SHA-256 (hex) of the login-binding cookie of the browser that started this login: only
+    /// that browser may complete it (RFC 6749 §10.12).
+    pub browser_binding: String,
 }
 
 /// Typed access to sessions and pending logins.

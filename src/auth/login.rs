@@ -12,7 +12,9 @@ use super::{current_session, return_to::sanitize_return_to};
 use crate::{
     app::AppState,
     error::{GatewayError, QueryParams},
-    session::{PendingLogin, SessionData, id::random_token, now_ms},
+    session::{
+        PendingLogin, SessionData, SessionId, cookie::find_cookie, id::random_token, now_ms,
+    },
     token::TokenError,
 };
 
@@ -25,9 +27,11 @@ pub struct LoginQuery {
 }
 
 /// Starts a login: a fresh `state` (256 bits) and PKCE verifier are stored server-side (short
-/// TTL, single use), and the browser is sent to Pleo's authorize endpoint.
+/// TTL, single use), bound to this browser by the login-binding cookie, and the browser is sent
+/// to Pleo's authorize endpoint.
 pub async fn begin_login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     QueryParams(query): QueryParams<LoginQuery>,
 ) -> Result<Response, GatewayError> {
     let subject_hint = match query.urn_pleo_params_oauth_subject.as_deref() {
@@ -39,6 +43,11 @@ pub async fn begin_login(
             ));
         }
     };
+    // The binding cookie is reused when the browser already has one, so logins started in two
+    // tabs can both complete.
+    let binding = find_cookie(&headers, &state.cookies.login_name())
+        .filter(|v| SessionId::parse(v).is_some())
+        .map_or_else(random_token, str::to_owned);
     let login_state = random_token();
     let authorize = state
         .oauth
@@ -47,9 +56,27 @@ pub async fn begin_login(
         pkce_verifier: authorize.pkce_verifier,
         return_to: sanitize_return_to(query.return_to.as_deref()),
         subject_hint,
+        browser_binding: binding_digest(&binding),
     };
     state.sessions.put_login(&login_state, &pending).await?;
-    Ok(redirect(authorize.url.as_str()))
+    let mut response = redirect(authorize.url.as_str());
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        state
+            .cookies
+            .set_login(&binding, state.config.session.login_state_ttl),
+    );
+    Ok(response)
+}
+
+/// What the pending login stores of the binding cookie: its SHA-256, so the store never holds
+/// a value that could be replayed as the cookie.
+fn binding_digest(binding: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(binding.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `urn:pleo:company:<id>` or `urn:pleo:organisation:<id>`, id of UUID characters.
@@ -90,6 +117,14 @@ pub async fn complete_login(
         .take_login(login_state)
         .await?
         .ok_or(GatewayError::LoginStateInvalid)?;
+    // Login CSRF: a callback URL carrying someone else's state and code (an attacker who
+    // started a login with their own account and sent the link on) must not log this browser
+    // in. Only the browser holding the binding cookie set at /auth/login may finish.
+    let presented = find_cookie(&headers, &state.cookies.login_name()).map(binding_digest);
+    if presented.as_deref() != Some(pending.browser_binding.as_str()) {
+        tracing::warn!("callback from a browser that did not start this login; refused");
+        return Err(GatewayError::LoginStateInvalid);
+    }
     if let Some(error) = query.error {
         return Err(GatewayError::AuthorizationRefused {
             error: truncate(&error, 64),

@@ -178,9 +178,11 @@ pub async fn proxy_to_upstream(
         &parts.headers,
         &state.config.server.public_url,
     );
+    let login_cookie = state.cookies.login_name();
     let gateway_cookies = [
         state.cookies.name.as_str(),
         state.config.session.cookie_name.as_str(),
+        login_cookie.as_str(),
     ];
     let request_id = parts
         .extensions

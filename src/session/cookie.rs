@@ -48,11 +48,26 @@ impl CookieSettings {
         self.header("", 0)
     }
 
+    /// Name of the login-binding cookie, which ties a pending login to the browser that
+    /// started it: the session cookie's name with `-login` appended (same prefix rules).
+    pub fn login_name(&self) -> String {
+        format!("{}-login", self.name)
+    }
+
+    /// `Set-Cookie` for the login-binding cookie, living as long as a pending login.
+    pub fn set_login(&self, value: &str, max_age: Duration) -> HeaderValue {
+        self.header_named(&self.login_name(), value, max_age.as_secs())
+    }
+
     fn header(&self, value: &str, max_age: u64) -> HeaderValue {
+        self.header_named(&self.name, value, max_age)
+    }
+
+    fn header_named(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
         let secure = if self.secure { "; Secure" } else { "" };
         let text = format!(
             "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-            self.name, value, max_age, secure
+            name, value, max_age, secure
         );
         // Names are validated at start-up and values are base64url, so this cannot fail; fall
         // back to an expiring cookie rather than panic.

@@ -405,3 +405,35 @@ async fn planted_session_cookie_is_replaced_at_login() {
         StatusCode::OK
     );
 }
+
+/// Login CSRF (RFC 6749 §10.12): an attacker starts a login with their own Pleo account and
+/// sends the victim the callback URL. The victim's browser lacks the login-binding cookie set at
+/// `/auth/login`, so the callback is refused — no session for the attacker's account, and the
+/// code is never exchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callback_from_a_browser_that_did_not_start_the_login_is_refused() {
+    let env = TestEnv::start(Options::new(StoreKind::Memory)).await;
+    let attacker = env.browser();
+    let authorize_url = attacker.begin_login("return_to=/").await;
+    let callback_url = attacker.authorize(&authorize_url).await;
+
+    let victim = env.browser();
+    let response = victim.send(victim.get(callback_url.as_str())).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        session_set_cookie(&response).is_none(),
+        "no session for the victim"
+    );
+    assert_eq!(json_body(response).await["error"], "invalid_state");
+    assert_eq!(
+        env.mock.stats().authorization_code_grants,
+        0,
+        "the code was never exchanged"
+    );
+    let info = victim.send(victim.get("/auth/session")).await;
+    assert_eq!(info.status(), StatusCode::UNAUTHORIZED);
+
+    // The state is spent: the attacker cannot use the link either after the victim opened it.
+    let again = attacker.send(attacker.get(callback_url.as_str())).await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+}
