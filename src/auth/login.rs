@@ -177,12 +177,22 @@ pub async fn complete_login(
         // as unknown and the session still works for API calls.
         Err(e) => tracing::warn!(error = %e, "could not read the subject after login"),
     }
-    if let (Some(expected), Some(actual)) = (&pending.subject_hint, &data.subject)
-        && expected != actual
-    {
-        return Err(GatewayError::BadRequest(
-            "Pleo authorised a different company or organisation than the one this login was started for".into(),
-        ));
+    if let Some(expected) = &pending.subject_hint {
+        match &data.subject {
+            Some(actual) if actual == expected => {}
+            Some(_) => {
+                return Err(GatewayError::BadRequest(
+                    "Pleo authorised a different company or organisation than the one this login was started for".into(),
+                ));
+            }
+            // The login was started for a specific subject and it cannot be confirmed: no
+            // session rather than one for a company nobody checked.
+            None => {
+                return Err(GatewayError::PleoUnavailable {
+                    retry_after: std::time::Duration::from_secs(5),
+                });
+            }
+        }
     }
 
     // A session that existed before login is ended, and a new id is issued: an id planted in the

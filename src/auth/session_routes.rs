@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{current_session, require_csrf_header, require_session};
+use crate::session::now_ms;
 use crate::{app::AppState, error::GatewayError, session::Session, token::RefreshError};
 
 /// Header carrying the subject URN to the app / forward-auth caller.
@@ -71,15 +72,22 @@ pub async fn disconnect(
     require_csrf_header(&headers)?;
     let session = require_session(&state, &headers, "/").await?;
     let session = fresh_session(&state, session).await?;
-    let url = crate::proxy::pleo_api_url(&state, "/v1/installations/me", None)?;
-    let response = state
-        .pleo_api
-        .delete(url)
-        .bearer_auth(session.data.access_token.expose_secret())
-        .timeout(state.config.pleo.request_timeout)
-        .send()
-        .await
-        .map_err(crate::proxy::map_pleo_error)?;
+    let mut response = delete_installation(&state, &session).await?;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        // The token may just have been rotated by another replica (this one's copy can be a
+        // second old): refresh once and retry, so "disconnected" is only said when it is true.
+        let rejected = session.data.access_token.expose_secret().to_owned();
+        match state
+            .refresher
+            .refresh_after_rejection(session.key.clone(), rejected)
+            .await
+        {
+            Ok(renewed) => response = delete_installation(&state, &renewed).await?,
+            // The grant is already dead at Pleo: nothing is left to revoke.
+            Err(RefreshError::Ended(_) | RefreshError::Gone) => {}
+            Err(e) => return Err(refresh_error(&state, e)),
+        }
+    }
     let status = response.status();
     // 204: revoked now; 404: there was no installation left; 401: the token is already revoked.
     if !(status.is_success()
@@ -98,6 +106,22 @@ pub async fn disconnect(
     state.websockets.close_websockets(&session.key);
     tracing::info!(session = session.key.short(), "disconnected from Pleo");
     Ok(logged_out(&state, true))
+}
+
+/// `DELETE {api_url}/v1/installations/me` with the session's token.
+async fn delete_installation(
+    state: &AppState,
+    session: &Session,
+) -> Result<reqwest::Response, GatewayError> {
+    let url = crate::proxy::pleo_api_url(state, "/v1/installations/me", None)?;
+    state
+        .pleo_api
+        .delete(url)
+        .bearer_auth(session.data.access_token.expose_secret())
+        .timeout(state.config.pleo.request_timeout)
+        .send()
+        .await
+        .map_err(crate::proxy::map_pleo_error)
 }
 
 fn logged_out(state: &AppState, disconnected: bool) -> Response {
@@ -141,16 +165,38 @@ pub fn identity_headers(session: &Session, headers: &mut HeaderMap) {
 
 /// Returns the session with a fresh access token, mapping refresh failures to responses.
 pub async fn fresh_session(state: &AppState, session: Session) -> Result<Session, GatewayError> {
+    if !state.refresher.needs_refresh(&session, now_ms()) {
+        return Ok(session);
+    }
+    let fallback = session.clone();
     let key = session.key.clone();
-    state.refresher.fresh(session).await.map_err(|e| {
-        if matches!(e, RefreshError::Ended(_) | RefreshError::Gone) {
-            // The grant is over: the session's WebSockets to the app close now, not at the
-            // next periodic re-check.
-            state.websockets.close_websockets(&key);
+    match state.refresher.fresh(session).await {
+        Ok(fresh) => Ok(fresh),
+        // The refresh failed transiently but the current token still has time left: use it
+        // rather than refuse a request Pleo would accept.
+        Err(RefreshError::Unavailable { .. } | RefreshError::Store(_))
+            if fallback.data.access_expires_at_ms > now_ms().saturating_add(STILL_VALID_FOR_MS) =>
+        {
+            tracing::info!(
+                session = key.short(),
+                "refresh unavailable; the current access token is still valid and is used"
+            );
+            Ok(fallback)
         }
-        refresh_error(state, e)
-    })
+        Err(e) => {
+            if matches!(e, RefreshError::Ended(_) | RefreshError::Gone) {
+                // The grant is over: the session's WebSockets to the app close now, not at the
+                // next periodic re-check.
+                state.websockets.close_websockets(&key);
+            }
+            Err(refresh_error(state, e))
+        }
+    }
 }
+
+/// How much life an access token must have left to be used after a failed refresh: enough for
+/// the request to reach Pleo before it expires.
+const STILL_VALID_FOR_MS: u64 = 5_000;
 
 /// Maps a refresh failure: an ended grant is a 401 (log in again) that also expires the cookie
 /// of the deleted session; anything transient is 503 with `Retry-After`, and the session and

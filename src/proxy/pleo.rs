@@ -49,12 +49,14 @@ pub async fn proxy_to_pleo(
     if content_length.is_some_and(|n| n > state.config.proxy.max_body_bytes) {
         return Err(GatewayError::BodyTooLarge);
     }
+    // Decided before the headers are cleaned: `to_pleo` drops Transfer-Encoding (hop-by-hop).
+    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
     let outgoing = headers::to_pleo(parts.headers);
     let method = parts.method;
 
     let replayable = match content_length {
         Some(n) => n <= REPLAYABLE_BODY_LIMIT as u64,
-        None => !outgoing.contains_key(header::TRANSFER_ENCODING) && method_has_no_body(&method),
+        None => !chunked && method_has_no_body(&method),
     };
     if !replayable {
         // A body without a declared length is held to the same limit while it streams: the

@@ -33,6 +33,8 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// Most pending logins held at once (each is about a kilobyte).
+const MAX_PENDING_LOGINS: usize = 100_000;
 /// Sweep expired entries every this many inserts, so an idle map cannot grow without bound.
 const SWEEP_EVERY: u64 = 256;
 
@@ -137,10 +139,19 @@ impl MemoryStore {
         blob: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let until = std::time::Instant::now() + ttl;
-        self.lock()
+        let now = std::time::Instant::now();
+        let mut inner = self.lock();
+        // Anyone can start logins without a session: drop expired ones as they pile up, and
+        // refuse new ones past a hard cap rather than grow without bound.
+        if inner.logins.len() >= MAX_PENDING_LOGINS / 2 {
+            inner.logins.retain(|_, (_, until)| *until > now);
+        }
+        if inner.logins.len() >= MAX_PENDING_LOGINS {
+            return Err(StoreError::Full("too many pending logins"));
+        }
+        inner
             .logins
-            .insert(key.to_owned(), (blob.to_vec(), until));
+            .insert(key.to_owned(), (blob.to_vec(), now + ttl));
         Ok(())
     }
 

@@ -36,6 +36,9 @@ pub enum StoreError {
     /// Redis answered with an error or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The in-memory store refused to grow further.
+    #[error("session store is full: {0}")]
+    Full(&'static str),
     /// Redis answered something the gateway did not write.
     #[error("unexpected data in the session store: {0}")]
     Corrupt(&'static str),

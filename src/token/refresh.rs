@@ -38,8 +38,9 @@ use crate::session::{
 const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Attempts at storing a new pair when unrelated writes race with it.
 const MAX_STORE_ATTEMPTS: usize = 3;
-/// How long to keep retrying to store a pair Pleo has already issued through store errors.
-const STORE_RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// How long to keep retrying to store a pair Pleo has already issued through store errors
+/// (the refresh lock is extended meanwhile).
+const STORE_RETRY_WINDOW: Duration = Duration::from_secs(120);
 /// Added to the token request timeout to get the lock's TTL, so the lock outlives the request.
 const LOCK_MARGIN: Duration = Duration::from_secs(10);
 /// Back-off after transient refresh failures: 1 s, 2 s, 4 s … up to a minute between attempts.
@@ -233,10 +234,16 @@ impl RefreshCoordinator {
         let this = Arc::clone(self);
         // Spawned: once started, the refresh completes and is stored even if our caller is gone.
         let task = tokio::spawn(async move { this.refresh_locked(key, want).await });
-        match task.await {
-            Ok(result) => result,
-            Err(e) => Err(RefreshError::Unavailable {
+        // The caller waits a bounded time; the task itself goes on (dropping its handle does
+        // not cancel it), e.g. to store a rotated pair through a Redis outage.
+        match tokio::time::timeout(self.lock_wait, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(RefreshError::Unavailable {
                 reason: format!("refresh task failed: {e}"),
+                retry_after: REFRESH_RETRY_AFTER,
+            }),
+            Err(_) => Err(RefreshError::Unavailable {
+                reason: "the refresh is taking too long".into(),
                 retry_after: REFRESH_RETRY_AFTER,
             }),
         }
@@ -370,7 +377,7 @@ impl RefreshCoordinator {
                     data.scopes = scopes;
                 }
                 let stored = self
-                    .store_refreshed(key, current, data, refresh_token.expose_secret())
+                    .store_refreshed(key, current, data, refresh_token.expose_secret(), owner)
                     .await;
                 if stored.is_ok()
                     && let Err(e) = self
@@ -454,6 +461,7 @@ impl RefreshCoordinator {
         mut base: Session,
         data: crate::session::SessionData,
         spent_refresh_token: &str,
+        owner: &str,
     ) -> Result<Session, RefreshError> {
         let mut conflicts = 0;
         let mut backoff = Duration::from_millis(100);
@@ -462,11 +470,17 @@ impl RefreshCoordinator {
             let outcome = match self.sessions.replace(key, base.version, &data).await {
                 Ok(outcome) => outcome,
                 // Pleo has already rotated: the pair we hold is the only valid one. Losing it
-                // would log the user out, so keep trying through a store hiccup.
+                // would log the user out, so keep trying through a store hiccup — holding the
+                // lock meanwhile, so no replica spends the old refresh token in the gap.
                 Err(e) if std::time::Instant::now() < give_up_at => {
                     tracing::warn!(session = key.short(), error = %e, "storing refreshed tokens failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
+                    let _ = self
+                        .sessions
+                        .store()
+                        .extend_lock(key.as_str(), owner, self.lock_ttl)
+                        .await;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -482,7 +496,15 @@ impl RefreshCoordinator {
                 }
                 CasOutcome::Missing => return Err(RefreshError::Gone),
                 CasOutcome::Conflict => {
-                    let latest = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
+                    let latest = match self.sessions.reload(key).await {
+                        Ok(latest) => latest.ok_or(RefreshError::Gone)?,
+                        Err(e) if std::time::Instant::now() < give_up_at => {
+                            tracing::warn!(session = key.short(), error = %e, "re-reading after a conflict failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let same_grant_state = latest
                         .data
                         .refresh_token
