@@ -9,5 +9,5 @@ mod upstream;
 pub mod websocket;
 
 pub use pleo::{map_pleo_error, pleo_api_url, proxy_to_pleo};
-pub use upstream::{UpstreamClient, proxy_to_upstream};
+pub use upstream::{UpstreamClient, proxy_to_upstream, same_origin_or_csrf_header};
 pub use websocket::WebSocketRegistry;

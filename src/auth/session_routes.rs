@@ -137,11 +137,21 @@ fn logged_out(state: &AppState, disconnected: bool) -> Response {
 }
 
 /// Forward-auth (nginx `auth_request`, Traefik ForwardAuth, Envoy `ext_authz`): 200 with the
-/// identity headers for a live session, 401 otherwise.
+/// identity headers for a live session, 401 otherwise. The sub-request is always a GET, so the
+/// original method comes from `X-Forwarded-Method` (Traefik) or `X-Original-Method` (set it in
+/// nginx): an unsafe original request gets the same CSRF rule as proxied ones (403 without
+/// `X-CSRF` or the browser's same-origin word).
 pub async fn check(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
+    let original_method = ["x-forwarded-method", "x-original-method"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|v| axum::http::Method::from_bytes(v.as_bytes()).ok());
+    if original_method.is_some_and(|m| super::is_unsafe(&m)) {
+        crate::proxy::same_origin_or_csrf_header(&headers, &state.config.server.public_url)?;
+    }
     let session = require_session(&state, &headers, "/").await?;
     let mut response = no_store(StatusCode::OK.into_response());
     identity_headers(&session, response.headers_mut());

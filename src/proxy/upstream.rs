@@ -274,7 +274,10 @@ async fn admit(
 /// PRODUCT.md §4's CSRF rule, satisfied by `X-CSRF` or by the browser's own word that the
 /// request is same-origin. A request with neither `Sec-Fetch-Site` nor `Origin` is not from a
 /// current browser, and must carry `X-CSRF`.
-fn same_origin_or_csrf_header(headers: &HeaderMap, public_url: &Url) -> Result<(), GatewayError> {
+pub fn same_origin_or_csrf_header(
+    headers: &HeaderMap,
+    public_url: &Url,
+) -> Result<(), GatewayError> {
     if require_csrf_header(headers).is_ok() {
         return Ok(());
     }

@@ -191,3 +191,46 @@ async fn proxied_responses_are_private_and_carry_no_session_cookie() {
     let body = json_body(response).await;
     assert_eq!(body["data"]["authMethod"], "OAUTH2");
 }
+
+/// Forward-auth: `/auth/check` is 200 with the identity headers for a live session and 401
+/// without one; for an unsafe original method (`X-Forwarded-Method` / `X-Original-Method`) it
+/// applies the CSRF rule like the proxy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forward_auth_check_gives_identity_and_applies_csrf_to_unsafe_methods() {
+    let env = TestEnv::start(Options::new(StoreKind::Memory)).await;
+    let anonymous = env.browser();
+    let response = anonymous.send(anonymous.get("/auth/check")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let browser = env.browser();
+    browser.login().await;
+    let response = browser.send(browser.get("/auth/check")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["x-pleo-subject"]
+            .to_str()
+            .unwrap()
+            .starts_with("urn:pleo:company:")
+    );
+    assert!(response.headers().contains_key("x-pleo-scopes"));
+
+    for header in ["x-forwarded-method", "x-original-method"] {
+        let forged = browser
+            .send(browser.get("/auth/check").header(header, "POST"))
+            .await;
+        assert_eq!(
+            forged.status(),
+            StatusCode::FORBIDDEN,
+            "{header} without X-CSRF"
+        );
+        let allowed = browser
+            .send(
+                browser
+                    .get("/auth/check")
+                    .header(header, "POST")
+                    .header("x-csrf", "1"),
+            )
+            .await;
+        assert_eq!(allowed.status(), StatusCode::OK, "{header} with X-CSRF");
+    }
+}
