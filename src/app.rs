@@ -191,7 +191,17 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn(render_html_errors))
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http())
+        // Spans name the path only: the query of /auth/callback carries the authorisation code
+        // and state, which must not reach a log line even at debug level.
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |request: &axum::http::Request<axum::body::Body>| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                )
+            },
+        ))
         .layer(SetSensitiveHeadersLayer::new([
             header::COOKIE,
             header::SET_COOKIE,
