@@ -315,6 +315,17 @@ fn error_page(status: StatusCode, body: &ErrorBody) -> String {
     )
 }
 
+/// A 302 to `location` that no cache keeps.
+pub fn redirect(location: &str) -> Response {
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// Escapes the five HTML-significant characters.
 pub fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -161,25 +161,26 @@ impl Sessions {
         self.absolute_timeout
     }
 
-    /// Finds the session for a cookie value and slides its idle expiry. A record that fails to
-    /// open (unknown key, tampered) reads as no session: the user logs in again, never a 500.
-    pub async fn load(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+    /// The first of `keys` the store holds a session under, its idle expiry slid.
+    async fn load_under(&self, keys: &[SessionKey]) -> Result<Option<Session>, StoreError> {
         let now = now_ms();
-        for key in self.hasher.candidates(id.as_str()) {
+        for key in keys {
             if let Some(stored) = self
                 .store
                 .load_and_touch(key.as_str(), self.idle_timeout, now)
                 .await?
             {
-                return Ok(self.open(key, stored));
+                return Ok(self.open(key.clone(), stored));
             }
         }
         Ok(None)
     }
 
-    /// Like [`Sessions::load`], through the per-replica cache: no store round trip when the
-    /// session was read less than a second ago, and a still-valid cached session when the store
-    /// fails (the error is returned only when nothing usable is cached).
+    /// Finds the session for a cookie value and slides its idle expiry, through the per-replica
+    /// cache: no store round trip when the session was read less than a second ago, and a
+    /// still-valid cached session when the store fails (the error is returned only when nothing
+    /// usable is cached). A record that fails to open (unknown key, tampered) reads as no
+    /// session: the user logs in again, never a 500.
     pub async fn load_cached(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         // Sessions are cached under the key they were found under: after a key rotation, an
         // older candidate's for sessions created before it.
@@ -194,7 +195,7 @@ impl Sessions {
             self.cache.mark_used(&session.key);
             return Ok(Some(session));
         }
-        match self.load(id).await {
+        match self.load_under(&keys).await {
             Ok(Some(session)) => {
                 self.cache.put(&session);
                 self.cache.mark_used(&session.key);

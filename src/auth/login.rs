@@ -2,8 +2,8 @@
 
 use axum::{
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    http::{HeaderMap, header},
+    response::Response,
 };
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -11,9 +11,12 @@ use serde::Deserialize;
 use super::{current_session, return_to::sanitize_return_to};
 use crate::{
     app::AppState,
-    error::{GatewayError, QueryParams},
+    error::{GatewayError, QueryParams, redirect},
     session::{
-        PendingLogin, SessionData, SessionId, cookie::find_cookie, id::random_token, now_ms,
+        PendingLogin, SessionData, SessionId,
+        cookie::find_cookie,
+        id::{hex, random_token},
+        now_ms,
     },
     token::TokenError,
 };
@@ -73,10 +76,7 @@ pub async fn begin_login(
 /// a value that could be replayed as the cookie.
 fn binding_digest(binding: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(binding.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(binding.as_bytes()))
 }
 
 /// `urn:pleo:company:<id>` or `urn:pleo:organisation:<id>`, id of UUID characters.
@@ -220,18 +220,6 @@ pub async fn complete_login(
 
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
-}
-
-/// A 302 that is never cached.
-pub(super) fn redirect(location: &str) -> Response {
-    let mut response = StatusCode::FOUND.into_response();
-    if let Ok(value) = HeaderValue::from_str(location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 #[cfg(test)]

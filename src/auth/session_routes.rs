@@ -10,8 +10,12 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{current_session, require_csrf_header, require_session};
-use crate::session::now_ms;
-use crate::{app::AppState, error::GatewayError, session::Session, token::RefreshError};
+use crate::{
+    app::AppState,
+    error::GatewayError,
+    session::{Session, SessionKey, now_ms},
+    token::RefreshError,
+};
 
 /// Header carrying the subject URN to the app / forward-auth caller.
 pub const SUBJECT_HEADER: &str = "x-pleo-subject";
@@ -85,7 +89,7 @@ pub async fn disconnect(
             Ok(renewed) => response = delete_installation(&state, &renewed).await?,
             // The grant is already dead at Pleo: nothing is left to revoke.
             Err(RefreshError::Ended(_) | RefreshError::Gone) => {}
-            Err(e) => return Err(refresh_error(&state, e)),
+            Err(e) => return Err(refresh_error(&state, &session.key, e)),
         }
     }
     let status = response.status();
@@ -193,14 +197,7 @@ pub async fn fresh_session(state: &AppState, session: Session) -> Result<Session
             );
             Ok(fallback)
         }
-        Err(e) => {
-            if matches!(e, RefreshError::Ended(_) | RefreshError::Gone) {
-                // The grant is over: the session's WebSockets to the app close now, not at the
-                // next periodic re-check.
-                state.websockets.close_websockets(&key);
-            }
-            Err(refresh_error(state, e))
-        }
+        Err(e) => Err(refresh_error(state, &key, e)),
     }
 }
 
@@ -208,15 +205,19 @@ pub async fn fresh_session(state: &AppState, session: Session) -> Result<Session
 /// the request to reach Pleo before it expires.
 const STILL_VALID_FOR_MS: u64 = 5_000;
 
-/// Maps a refresh failure: an ended grant is a 401 (log in again) that also expires the cookie
-/// of the deleted session; anything transient is 503 with `Retry-After`, and the session and
-/// cookie stay as they are.
-pub fn refresh_error(state: &AppState, error: RefreshError) -> GatewayError {
+/// Maps a refresh failure of session `key`: an ended grant is a 401 (log in again) that also
+/// expires the cookie of the deleted session and closes its WebSockets to the app now, not at
+/// the next periodic re-check; anything transient is 503 with `Retry-After`, and the session
+/// and cookie stay as they are.
+pub fn refresh_error(state: &AppState, key: &SessionKey, error: RefreshError) -> GatewayError {
     match error {
-        RefreshError::Ended(_) | RefreshError::Gone => GatewayError::SessionEnded {
-            login_url: state.login_url("/"),
-            clear_cookie: state.cookies.clear(),
-        },
+        RefreshError::Ended(_) | RefreshError::Gone => {
+            state.websockets.close_websockets(key);
+            GatewayError::SessionEnded {
+                login_url: state.login_url("/"),
+                clear_cookie: state.cookies.clear(),
+            }
+        }
         RefreshError::Unavailable { retry_after, .. } => {
             GatewayError::PleoUnavailable { retry_after }
         }

@@ -85,7 +85,7 @@ pub async fn proxy_to_pleo(
         .refresher
         .refresh_after_rejection(session.key.clone(), rejected)
         .await
-        .map_err(|e| refresh_error(&state, e))?;
+        .map_err(|e| refresh_error(&state, &session.key, e))?;
     let response = send(&state, &method, &url, &outgoing, bytes, &session).await?;
     Ok(into_response(response))
 }

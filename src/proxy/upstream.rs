@@ -32,8 +32,8 @@ use std::{net::SocketAddr, time::Duration};
 use axum::{
     body::Body,
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version, header, request::Parts},
-    response::{IntoResponse, Response},
+    http::{HeaderMap, Method, StatusCode, Uri, Version, header, request::Parts},
+    response::Response,
 };
 use http_body_util::LengthLimitError;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
@@ -261,7 +261,7 @@ async fn admit(
         let return_to = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let login_url = state.login_url(return_to);
         if is_navigation(&parts.headers) {
-            return Ok(Admission::LogIn(login_redirect(&login_url)));
+            return Ok(Admission::LogIn(crate::error::redirect(&login_url)));
         }
         return Err(GatewayError::NotAuthenticated { login_url });
     };
@@ -290,16 +290,6 @@ pub fn same_origin_or_csrf_header(
     } else {
         Err(GatewayError::CsrfHeaderMissing)
     }
-}
-
-fn login_redirect(login_url: &str) -> Response {
-    let mut response = StatusCode::FOUND.into_response();
-    let headers = response.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(login_url) {
-        headers.insert(header::LOCATION, location);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// 413 when the body outgrew the limit mid-stream, 400 when the client stalled its upload,

@@ -112,13 +112,6 @@ impl SessionCache {
         }
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, e| e.fetched.elapsed() < FRESH_FOR);
-            if self
-                .inserts
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(SWEEP_EVERY)
-            {
-                entries.retain(|_, e| e.fetched.elapsed() < KEEP_FOR);
-            }
             if entries.len() >= MAX_ENTRIES {
                 entries.clear();
             }

@@ -115,15 +115,19 @@ impl SessionHasher {
     fn with_key(&self, index: usize, id: &str) -> SessionKey {
         let mut mac = self.keys[index].clone();
         mac.update(id.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = String::with_capacity(64);
-        for byte in digest {
-            hex.push(char::from(HEX[usize::from(byte >> 4)]));
-            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
-        SessionKey(hex)
+        SessionKey(hex(&mac.finalize().into_bytes()))
     }
+}
+
+/// Lower-case hex of `bytes`, without a per-byte allocation (it runs on every request).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 /// HMAC accepts keys of any length; this exists only to avoid an `expect` on that invariant.
