@@ -18,7 +18,7 @@ use tower_http::{
 };
 
 use crate::{
-    auth,
+    auth::{self, pending::PendingLogins, rate_limit::LoginRateLimiter},
     config::{Config, SessionStoreKind},
     error::{GatewayError, render_html_errors},
     proxy,
@@ -37,8 +37,14 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct AppState {
     /// The validated configuration.
     pub config: Arc<Config>,
-    /// Session and pending-login storage.
+    /// Session storage.
     pub sessions: Sessions,
+    /// Seals and opens the pending-login cookies (logins in progress live in the browser).
+    pub logins: Arc<PendingLogins>,
+    /// Rate limits of `/auth/login` and `/auth/callback`.
+    pub login_limiter: Arc<LoginRateLimiter>,
+    /// Back-off of introspection retries for sessions whose subject is not known yet.
+    pub subject_retries: Arc<auth::subject::SubjectRetries>,
     /// Pleo's authorisation server.
     pub oauth: Arc<PleoOAuth>,
     /// Single-flight token refresh.
@@ -71,8 +77,15 @@ impl AppState {
             SessionHasher::new(&keys),
             config.session.idle_timeout,
             config.session.absolute_timeout,
-            config.session.login_state_ttl,
         );
+        let logins = Arc::new(
+            PendingLogins::new(&keys, config.session.login_state_ttl)
+                .ok_or_else(|| anyhow::anyhow!("no session encryption key"))?,
+        );
+        let login_limiter = Arc::new(LoginRateLimiter::new(
+            config.server.auth_rate_per_client,
+            config.server.auth_rate_global,
+        ));
         let oauth = Arc::new(PleoOAuth::new(&config)?);
         let refresher = Arc::new(RefreshCoordinator::new(
             Arc::clone(&oauth),
@@ -108,12 +121,16 @@ impl AppState {
             Some(url) => Some(Arc::new(proxy::UpstreamClient::new(
                 url,
                 config.proxy.upstream_timeout,
+                config.proxy.upstream_max_connections,
             )?)),
             None => None,
         };
         Ok(Self {
             config: Arc::new(config),
             sessions,
+            logins,
+            login_limiter,
+            subject_retries: Arc::default(),
             oauth,
             refresher,
             cookies,
@@ -125,6 +142,16 @@ impl AppState {
 
     /// The URL to send a user to for logging in, returning to `return_to` afterwards.
     pub fn login_url(&self, return_to: &str) -> String {
+        // A return path too long to keep through the login drops its query, then itself.
+        let return_to = if return_to.len() <= auth::pending::MAX_RETURN_TO_BYTES {
+            return_to
+        } else {
+            return_to
+                .split_once('?')
+                .map(|(path, _)| path)
+                .filter(|path| path.len() <= auth::pending::MAX_RETURN_TO_BYTES)
+                .unwrap_or("/")
+        };
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("return_to", return_to)
             .finish();
@@ -158,24 +185,30 @@ pub fn app(state: AppState) -> Router {
     crate::telemetry::metrics_handle();
     let pleo_route = format!("{}/{{*path}}", state.config.proxy.pleo_prefix);
     let request_id = HeaderName::from_static("x-request-id");
+    let trusted_proxies = Arc::new(state.config.server.trusted_proxies.clone());
     let router = Router::new()
         .route("/auth/login", get(auth::begin_login))
         .route("/auth/callback", get(auth::complete_login))
         .route("/auth/session", get(auth::session_info))
         .route("/auth/logout", post(auth::logout))
         .route("/auth/disconnect", post(auth::disconnect))
-        .route("/auth/check", get(auth::check))
+        // Any method: nginx and Envoy send the original one; Envoy appends the original path.
+        .route("/auth/check", any(auth::check))
+        .route("/auth/check/{*rest}", any(auth::check))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Metrics are served only on `server.metrics_listen`; here the path is the gateway's.
+        .route("/metrics", any(not_found))
         .route(&pleo_route, any(proxy::proxy_to_pleo))
-        // The gateway's own namespaces never fall through to the app.
+        // The gateway's own namespaces never fall through to the app, their roots included.
+        .route("/auth", any(not_found))
+        .route("/auth/", any(not_found))
         .route("/auth/{*rest}", any(not_found))
-        .route(&state.config.proxy.pleo_prefix, any(not_found));
-    let router = if state.config.server.metrics_listen.is_none() {
-        router.route("/metrics", get(crate::telemetry::render_metrics))
-    } else {
-        router
-    };
+        .route(&state.config.proxy.pleo_prefix, any(not_found))
+        .route(
+            &format!("{}/", state.config.proxy.pleo_prefix),
+            any(not_found),
+        );
     // With an app behind the gateway, everything unrouted is the app's; without one, 404.
     let router = if state.upstream.is_some() {
         router.fallback(proxy::proxy_to_upstream)
@@ -209,6 +242,12 @@ pub fn app(state: AppState) -> Router {
             header::PROXY_AUTHORIZATION,
         ]))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // Outermost: an inbound request id is kept only from a trusted proxy, and only if it
+        // is a plain token; anyone else's is replaced by ours (the app logs it).
+        .layer(middleware::from_fn_with_state(
+            trusted_proxies,
+            crate::proxy::forwarded::accept_request_id,
+        ))
 }
 
 async fn not_found() -> GatewayError {

@@ -1,10 +1,13 @@
 //! The `/auth/*` endpoints: login, callback, session info, logout, disconnect, forward-auth.
 
 mod login;
+pub mod pending;
+pub mod rate_limit;
 pub mod return_to;
 #[cfg(test)]
 mod return_to_tests;
 mod session_routes;
+pub mod subject;
 
 use axum::http::{HeaderMap, Method};
 
@@ -13,6 +16,7 @@ pub use session_routes::{
     SCOPES_HEADER, SUBJECT_HEADER, check, disconnect, fresh_session, identity_headers, logout,
     refresh_error, session_info,
 };
+pub use subject::require_subject;
 
 use crate::{
     app::AppState,

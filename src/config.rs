@@ -64,6 +64,13 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Largest accepted request head in bytes (default 16 KiB, 1 KiB to 1 MiB).
     pub max_header_bytes: usize,
+    /// Most client connections open at once; beyond it, idle connections are closed to make
+    /// room and new ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Rate limit per client address on `/auth/login` and `/auth/callback` (`None`: off).
+    pub auth_rate_per_client: Option<Rate>,
+    /// Rate limit for all clients together on the same endpoints (`None`: off).
+    pub auth_rate_global: Option<Rate>,
 }
 
 /// Which Pleo deployment to talk to; picks the default `auth_url` and `api_url`.
@@ -245,6 +252,60 @@ pub struct ProxyConfig {
     pub max_body_bytes: u64,
     /// Deadline for the upstream app to answer (default 60 s).
     pub upstream_timeout: Duration,
+    /// A request body must have arrived completely within this time of the request's start.
+    pub body_timeout: Duration,
+    /// Bodies up to this size are read whole before a connection to the app is taken.
+    pub body_buffer_bytes: usize,
+    /// Most connections to the app in use at once.
+    pub upstream_max_connections: usize,
+}
+
+/// A rate: `burst` requests at once, then one every `interval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Time between requests at the sustained rate.
+    pub interval: Duration,
+    /// Requests allowed back to back.
+    pub burst: u32,
+}
+
+impl Rate {
+    /// `count` per `per`, with a burst of `count`.
+    pub fn per(count: u32, per: Duration) -> Option<Self> {
+        (count > 0).then(|| Self {
+            interval: per / count,
+            burst: count,
+        })
+    }
+
+    /// Parses `"N/s"`, `"N/m"` or `"N/h"`; `"off"` (or `"0"`) is no limit.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") || text == "0" {
+            return Ok(None);
+        }
+        let invalid = || format!("not a rate ({text:?}); use e.g. \"60/m\", \"200/s\" or \"off\"");
+        let (count, unit) = text.split_once('/').ok_or_else(invalid)?;
+        let count: u32 = count.trim().parse().map_err(|_| invalid())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(invalid()),
+        };
+        Self::per(count, per).map(Some).ok_or_else(invalid)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match (self.interval * self.burst).as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.burst)
+    }
 }
 
 impl Config {

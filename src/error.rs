@@ -79,6 +79,30 @@ pub enum GatewayError {
     /// The session store (Redis) failed; the session itself is untouched.
     #[error("the session store is not reachable right now; try again shortly")]
     StoreUnavailable,
+    /// Too many login or callback requests from this client, or from everyone at once.
+    #[error("too many login attempts; try again shortly")]
+    RateLimited {
+        /// When the next attempt will be accepted.
+        retry_after: Duration,
+    },
+    /// The client did not send its request body within `proxy.body_timeout`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// The request body was not valid HTTP framing (e.g. a malformed chunk).
+    #[error("the request body is malformed")]
+    BodyMalformed,
+    /// Every connection to the app allowed by `proxy.upstream_max_connections` stayed busy.
+    #[error("the app behind the gateway is busy; try again shortly")]
+    UpstreamBusy,
+    /// Who the session belongs to could not be confirmed with Pleo yet, so nothing may be
+    /// served on its behalf to the app.
+    #[error(
+        "the company this session belongs to could not be confirmed with Pleo yet; try again shortly"
+    )]
+    SubjectUnknown {
+        /// When the next confirmation attempt is due.
+        retry_after: Duration,
+    },
     /// The request body exceeded `proxy.max_body_bytes`.
     #[error("the request body is larger than the gateway accepts")]
     BodyTooLarge,
@@ -152,6 +176,10 @@ impl GatewayError {
             Self::PleoTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::PleoUnreachable | Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyMalformed => StatusCode::BAD_REQUEST,
+            Self::UpstreamBusy | Self::SubjectUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -177,6 +205,11 @@ impl GatewayError {
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::StoreUnavailable => "session_store_unavailable",
             Self::BodyTooLarge => "body_too_large",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyMalformed => "body_malformed",
+            Self::UpstreamBusy => "upstream_busy",
+            Self::SubjectUnknown { .. } => "subject_unknown",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Internal(_) => "internal_error",
@@ -185,7 +218,10 @@ impl GatewayError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::PleoUnavailable { retry_after } => Some(*retry_after),
+            Self::PleoUnavailable { retry_after }
+            | Self::RateLimited { retry_after }
+            | Self::SubjectUnknown { retry_after } => Some(*retry_after),
+            Self::UpstreamBusy => Some(Duration::from_secs(1)),
             Self::StoreUnavailable => Some(STORE_RETRY_AFTER),
             Self::PleoTimeout | Self::UpstreamTimeout => Some(Duration::from_secs(1)),
             _ => None,
@@ -229,7 +265,8 @@ impl IntoResponse for GatewayError {
         if let Some(after) = self.retry_after() {
             headers.insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(after.as_secs().max(1)),
+                // Rounded up: a client that waits the advertised time is never early.
+                HeaderValue::from((after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)),
             );
         }
         if status == StatusCode::UNAUTHORIZED {

@@ -68,11 +68,7 @@ fn check_config(cli: &Cli) -> ExitCode {
 async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listen = config.server.listen;
-    let options = pleo_gateway::server::ServeOptions {
-        max_header_bytes: config.server.max_header_bytes,
-        shutdown_timeout: config.server.shutdown_timeout,
-        ..Default::default()
-    };
+    let options = pleo_gateway::server::ServeOptions::from_config(&config.server);
     let store = app::open_store(&config).await?;
     let state = app::AppState::new(config, store)?;
     if let Some(metrics_addr) = state.config.server.metrics_listen {

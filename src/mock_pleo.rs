@@ -133,6 +133,7 @@ struct MockState {
     access_token_ttl: Duration,
     token_delay: Duration,
     token_failure: Option<u16>,
+    introspect_failure: Option<u16>,
 }
 
 impl MockPleo {
@@ -144,6 +145,7 @@ impl MockPleo {
             access_token_ttl: config.access_token_ttl,
             token_delay: Duration::ZERO,
             token_failure: None,
+            introspect_failure: None,
         };
         Self {
             inner: Arc::new(Inner {
@@ -206,6 +208,17 @@ impl MockPleo {
     /// grant; `None`: normal behaviour.
     pub fn set_token_failure(&self, status: Option<u16>) {
         self.lock().token_failure = status;
+    }
+
+    /// `Some(status)`: `GET /v1/introspect` answers `status` (Pleo having a bad moment);
+    /// `None`: normal behaviour.
+    pub fn set_introspect_failure(&self, status: Option<u16>) {
+        self.lock().introspect_failure = status;
+    }
+
+    /// The status `GET /v1/introspect` is told to fail with, if any.
+    pub(crate) fn introspect_failure(&self) -> Option<u16> {
+        self.lock().introspect_failure
     }
 
     /// Sets the lifetime of access tokens issued from now on.

@@ -1,11 +1,26 @@
-//! The HTTP/1.1 accept loop: header-size limit, header read timeout, client address for
-//! `ConnectInfo`, WebSocket upgrades, and graceful shutdown bounded by `shutdown_timeout`.
+//! The HTTP/1.1 accept loop: connection limit, header-size limit, header read timeout, client
+//! address for `ConnectInfo`, WebSocket upgrades, and graceful shutdown bounded by
+//! `shutdown_timeout`.
+//!
+//! **Connection limit.** At most `max_connections` client connections are open at once. When
+//! the limit is reached the loop stops accepting, so further connections wait in the kernel's
+//! accept queue (which costs this process nothing), and it asks the oldest open connection to
+//! close gracefully: an idle or half-sent one (a slowloris client) closes at once, one in the
+//! middle of a request finishes its response first. Holding connections open therefore cannot
+//! starve new clients, and memory stays bounded by the limit times the per-connection cost
+//! (about 20 KiB with a full 16 KiB head; see the README's security model).
 //!
 //! `axum::serve` exposes none of the limits, so the loop is written out here (as mini-redis'
 //! `server::run` does): the caller binds the listener and supplies the shutdown future, which
 //! keeps the server testable on `127.0.0.1:0`.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{Router, extract::ConnectInfo, http::Request};
 use hyper::body::Incoming;
@@ -13,7 +28,10 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, oneshot},
+};
 use tower::ServiceExt;
 
 /// Limits of the listener.
@@ -25,6 +43,8 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may run after the shutdown signal.
     pub shutdown_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
@@ -33,6 +53,19 @@ impl Default for ServeOptions {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The limits `[server]` configures; the header read timeout keeps its default.
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            max_header_bytes: server.max_header_bytes,
+            shutdown_timeout: server.shutdown_timeout,
+            max_connections: server.max_connections,
+            ..Self::default()
         }
     }
 }
@@ -57,8 +90,19 @@ pub async fn serve(
     // None. `stop` tells open connections to finish their current request and close.
     let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let table = Arc::new(ConnectionTable::default());
     tokio::pin!(shutdown);
-    loop {
+    'accept: loop {
+        // Make room before accepting: the excess waits in the kernel's queue, not in memory.
+        while table.open() >= options.max_connections.max(1) {
+            if table.close_oldest() {
+                tracing::debug!("connection limit reached; closing the oldest connection");
+            }
+            tokio::select! {
+                () = table.freed.notified() => {}
+                () = &mut shutdown => break 'accept,
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
@@ -80,11 +124,18 @@ pub async fn serve(
                     .with_upgrades();
                 let alive = alive.clone();
                 let mut stopped = stopped.clone();
+                let (id, close) = table.add();
+                let table = Arc::clone(&table);
                 tokio::spawn(async move {
                     let mut connection = std::pin::pin!(connection);
                     let result = tokio::select! {
                         result = connection.as_mut() => result,
-                        _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+                        () = async {
+                            tokio::select! {
+                                _ = stopped.wait_for(|stop| *stop) => {}
+                                _ = close => {}
+                            }
+                        } => {
                             connection.as_mut().graceful_shutdown();
                             connection.await
                         }
@@ -92,6 +143,7 @@ pub async fn serve(
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    table.remove(id);
                     drop(alive);
                 });
             }
@@ -108,4 +160,76 @@ pub async fn serve(
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
     Ok(())
+}
+
+/// The open connections, oldest first, each with the means to ask it to close.
+#[derive(Default)]
+struct ConnectionTable {
+    inner: Mutex<Connections>,
+    /// Signalled whenever a connection ends.
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    /// `None` once the connection was asked to close.
+    open: BTreeMap<u64, Option<oneshot::Sender<()>>>,
+}
+
+impl ConnectionTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
+        // Plain bookkeeping: a panic elsewhere cannot leave it inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Registers a new connection; the receiver fires when it should close.
+    fn add(&self) -> (u64, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.open.insert(id, Some(tx));
+        (id, rx)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().open.remove(&id);
+        self.freed.notify_one();
+    }
+
+    /// Asks the oldest connection not yet asked to close gracefully; false if all were asked.
+    fn close_oldest(&self) -> bool {
+        let mut inner = self.lock();
+        let Some(close) = inner.open.values_mut().find_map(Option::take) else {
+            return false;
+        };
+        let _ = close.send(());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_connection_is_asked_to_close_once() {
+        let table = ConnectionTable::default();
+        let (first, mut first_close) = table.add();
+        let (_, mut second_close) = table.add();
+        assert_eq!(table.open(), 2);
+        assert!(table.close_oldest());
+        assert!(first_close.try_recv().is_ok());
+        assert!(second_close.try_recv().is_err());
+        assert!(table.close_oldest());
+        assert!(second_close.try_recv().is_ok());
+        assert!(!table.close_oldest());
+        table.remove(first);
+        assert_eq!(table.open(), 1);
+    }
 }

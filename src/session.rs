@@ -104,21 +104,7 @@ pub struct Session {
     pub data: SessionData,
 }
 
-/// A pending login between `/auth/login` and `/auth/callback`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PendingLogin {
-    /// PKCE code verifier (secret until the token exchange).
-    pub pkce_verifier: String,
-    /// Where to go after login (already validated).
-    pub return_to: String,
-    /// `urn_pleo_params_oauth_subject` from an Initiation-URI login, if any.
-    pub subject_hint: Option<String>,
-    /// SHA-256 (hex) of the login-binding cookie of the browser that started this login: only
-    /// that browser may complete it (RFC 6749 §10.12).
-    pub browser_binding: String,
-}
-
-/// Typed access to sessions and pending logins.
+/// Typed access to sessions.
 #[derive(Clone, Debug)]
 pub struct Sessions {
     store: Store,
@@ -126,7 +112,6 @@ pub struct Sessions {
     hasher: SessionHasher,
     idle_timeout: Duration,
     absolute_timeout: Duration,
-    login_ttl: Duration,
     cache: std::sync::Arc<cache::SessionCache>,
 }
 
@@ -138,7 +123,6 @@ impl Sessions {
         hasher: SessionHasher,
         idle_timeout: Duration,
         absolute_timeout: Duration,
-        login_ttl: Duration,
     ) -> Self {
         Self {
             store,
@@ -146,7 +130,6 @@ impl Sessions {
             hasher,
             idle_timeout,
             absolute_timeout,
-            login_ttl,
             cache: std::sync::Arc::default(),
         }
     }
@@ -315,32 +298,4 @@ impl Sessions {
         self.cache.remove(key);
         self.store.delete(key.as_str()).await
     }
-
-    /// Remembers a pending login under its `state`.
-    pub async fn put_login(&self, state: &str, login: &PendingLogin) -> Result<(), StoreError> {
-        let key = self.hasher.current(state);
-        let plain = serde_json::to_vec(login).unwrap_or_default();
-        let blob = self.cipher.seal(&plain, login_context(&key).as_bytes());
-        self.store
-            .put_login(key.as_str(), &blob, self.login_ttl)
-            .await
-    }
-
-    /// Takes (once) the pending login for `state`.
-    pub async fn take_login(&self, state: &str) -> Result<Option<PendingLogin>, StoreError> {
-        let key = self.hasher.current(state);
-        let Some(blob) = self.store.take_login(key.as_str()).await? else {
-            return Ok(None);
-        };
-        Ok(self
-            .cipher
-            .open(&blob, login_context(&key).as_bytes())
-            .ok()
-            .and_then(|plain| serde_json::from_slice(&plain).ok()))
-    }
-}
-
-/// Associated data for login records, distinct from sessions' so one can never pass for the other.
-fn login_context(key: &SessionKey) -> String {
-    format!("login:{}", key.as_str())
 }

@@ -1,21 +1,28 @@
 //! `/auth/login` and `/auth/callback`: the authorisation-code flow with PKCE (S256).
 
+use std::net::SocketAddr;
+
 use axum::{
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, header},
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{current_session, return_to::sanitize_return_to};
+use super::{
+    current_session,
+    pending::{MAX_RETURN_TO_BYTES, PendingLogin, PendingLogins, logins_to_evict},
+    return_to::sanitize_return_to,
+};
 use crate::{
     app::AppState,
     error::{GatewayError, QueryParams, redirect},
+    proxy::forwarded,
     session::{
-        PendingLogin, SessionData, SessionId,
-        cookie::find_cookie,
-        id::{hex, random_token},
+        SessionData,
+        cookie::{cookie_pairs, find_cookie},
+        id::random_token,
         now_ms,
     },
     token::TokenError,
@@ -29,14 +36,16 @@ pub struct LoginQuery {
     urn_pleo_params_oauth_subject: Option<String>,
 }
 
-/// Starts a login: a fresh `state` (256 bits) and PKCE verifier are stored server-side (short
-/// TTL, single use), bound to this browser by the login-binding cookie, and the browser is sent
-/// to Pleo's authorize endpoint.
+/// Starts a login: a fresh `state` (256 bits) and PKCE verifier are sealed into a pending-login
+/// cookie (see [`super::pending`]): nothing is stored server-side, so anonymous callers cannot
+/// grow the store. The browser is then sent to Pleo's authorize endpoint.
 pub async fn begin_login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<LoginQuery>,
 ) -> Result<Response, GatewayError> {
+    check_rate(&state, peer, &headers)?;
     let subject_hint = match query.urn_pleo_params_oauth_subject.as_deref() {
         None | Some("") => None,
         Some(subject) if is_subject_urn(subject) => Some(subject.to_owned()),
@@ -46,37 +55,62 @@ pub async fn begin_login(
             ));
         }
     };
-    // The binding cookie is reused when the browser already has one, so logins started in two
-    // tabs can both complete.
-    let binding = find_cookie(&headers, &state.cookies.login_name())
-        .filter(|v| SessionId::parse(v).is_some())
-        .map_or_else(random_token, str::to_owned);
+    // Too long to keep in the cookie: like an unsafe value, it falls back to the start page.
+    let return_to = query
+        .return_to
+        .as_deref()
+        .filter(|r| r.len() <= MAX_RETURN_TO_BYTES);
     let login_state = random_token();
     let authorize = state
         .oauth
         .authorize_url(login_state.clone(), subject_hint.as_deref());
-    let pending = PendingLogin {
-        pkce_verifier: authorize.pkce_verifier,
-        return_to: sanitize_return_to(query.return_to.as_deref()),
+    let pending = PendingLogin::new(
+        &login_state,
+        authorize.pkce_verifier,
+        sanitize_return_to(return_to),
         subject_hint,
-        browser_binding: binding_digest(&binding),
-    };
-    state.sessions.put_login(&login_state, &pending).await?;
+        now_ms(),
+    );
     let mut response = redirect(authorize.url.as_str());
-    response.headers_mut().append(
+    let cookies = response.headers_mut();
+    // At most MAX_PENDING_LOGINS per browser: the oldest (and any unreadable) give way.
+    let present: Vec<(String, Option<u64>)> = cookie_pairs(&headers)
+        .filter_map(|(name, value)| {
+            let tag = state.cookies.login_tag(name)?;
+            let issued = state
+                .logins
+                .open(tag, value, now_ms())
+                .map(|login| login.issued_at_ms);
+            Some((tag.to_owned(), issued))
+        })
+        .collect();
+    for tag in logins_to_evict(&present) {
+        cookies.append(header::SET_COOKIE, state.cookies.clear_login(&tag));
+    }
+    cookies.append(
         header::SET_COOKIE,
-        state
-            .cookies
-            .set_login(&binding, state.config.session.login_state_ttl),
+        state.cookies.set_login(
+            &PendingLogins::tag(&login_state),
+            &state.logins.seal(&pending),
+            state.logins.ttl(),
+        ),
     );
     Ok(response)
 }
 
-/// What the pending login stores of the binding cookie: its SHA-256, so the store never holds
-/// a value that could be replayed as the cookie.
-fn binding_digest(binding: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex(&Sha256::digest(binding.as_bytes()))
+/// Applies the login endpoints' rate limits to the client address the trusted proxies yield.
+fn check_rate(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let client = forwarded::resolve(
+        peer.ip(),
+        &state.config.server.trusted_proxies,
+        headers,
+        &state.config.server.public_url,
+    )
+    .client;
+    state.login_limiter.check(client).map_err(|retry_after| {
+        tracing::info!(%client, "login rate limit reached");
+        GatewayError::RateLimited { retry_after }
+    })
 }
 
 /// `urn:pleo:company:<id>` or `urn:pleo:organisation:<id>`, id of UUID characters.
@@ -98,33 +132,48 @@ pub struct CallbackQuery {
     error_description: Option<String>,
 }
 
-/// Completes a login: consumes the `state` (once), exchanges the code with the PKCE verifier,
-/// records who logged in, and starts a brand-new session.
+/// Completes a login: opens (and clears) the pending-login cookie of this `state`, exchanges the
+/// code with the PKCE verifier, records who logged in, and starts a brand-new session.
 pub async fn complete_login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<CallbackQuery>,
 ) -> Result<Response, GatewayError> {
-    let Some(login_state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
+    check_rate(&state, peer, &headers)?;
+    let Some(login_state) = query.state.clone().filter(|s| !s.is_empty()) else {
         return Err(GatewayError::BadRequest(
             "the callback has no state parameter; start the login again".into(),
         ));
     };
-    // Consume the state before looking at anything else, so it is spent whatever happens next.
-    // "Never proceed with token exchange if the state validation fails" (Pleo).
-    let pending = state
-        .sessions
-        .take_login(login_state)
-        .await?
-        .ok_or(GatewayError::LoginStateInvalid)?;
+    let tag = PendingLogins::tag(&login_state);
+    let mut response = finish_login(&state, &headers, &login_state, &tag, query)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    // The pending login is spent whatever happened: a state works once.
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, state.cookies.clear_login(&tag));
+    Ok(response)
+}
+
+async fn finish_login(
+    state: &AppState,
+    headers: &HeaderMap,
+    login_state: &str,
+    tag: &str,
+    query: CallbackQuery,
+) -> Result<Response, GatewayError> {
     // Login CSRF: a callback URL carrying someone else's state and code (an attacker who
     // started a login with their own account and sent the link on) must not log this browser
-    // in. Only the browser holding the binding cookie set at /auth/login may finish.
-    let presented = find_cookie(&headers, &state.cookies.login_name()).map(binding_digest);
-    if presented.as_deref() != Some(pending.browser_binding.as_str()) {
-        tracing::warn!("callback from a browser that did not start this login; refused");
-        return Err(GatewayError::LoginStateInvalid);
-    }
+    // in. Only the browser holding the pending-login cookie set at /auth/login may finish, and
+    // "never proceed with token exchange if the state validation fails" (Pleo).
+    let pending = find_cookie(headers, &state.cookies.login_name(tag))
+        .and_then(|value| state.logins.open_for_state(login_state, value, now_ms()))
+        .ok_or_else(|| {
+            tracing::warn!("callback without a valid pending login for its state; refused");
+            GatewayError::LoginStateInvalid
+        })?;
     if let Some(error) = query.error {
         return Err(GatewayError::AuthorizationRefused {
             error: truncate(&error, 64),
@@ -166,7 +215,7 @@ pub async fn complete_login(
             .unwrap_or_else(|| state.config.pleo.scopes.clone()),
         created_at_ms: issued,
     };
-    match super::session_routes::introspect(&state, data.access_token.expose_secret()).await {
+    match super::session_routes::introspect(state, data.access_token.expose_secret()).await {
         Ok(who) => {
             data.subject = Some(who.subject);
             if !who.scopes.is_empty() {
@@ -197,7 +246,7 @@ pub async fn complete_login(
 
     // A session that existed before login is ended, and a new id is issued: an id planted in the
     // browser before login (session fixation) must be worthless after it.
-    if let Ok(Some(old)) = current_session(&state, &headers).await
+    if let Ok(Some(old)) = current_session(state, headers).await
         && let Err(e) = state.sessions.delete(&old.key).await
     {
         tracing::warn!(error = %e, "could not delete the pre-login session");

@@ -3,7 +3,7 @@
 use axum::{
     Json,
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use secrecy::ExposeSecret;
@@ -141,25 +141,38 @@ fn logged_out(state: &AppState, disconnected: bool) -> Response {
 }
 
 /// Forward-auth (nginx `auth_request`, Traefik ForwardAuth, Envoy `ext_authz`): 200 with the
-/// identity headers for a live session, 401 otherwise. The sub-request is always a GET, so the
-/// original method comes from `X-Forwarded-Method` (Traefik) or `X-Original-Method` (set it in
-/// nginx): an unsafe original request gets the same CSRF rule as proxied ones (403 without
-/// `X-CSRF` or the browser's same-origin word).
+/// identity headers for a live session, 401 otherwise. Any method is accepted, and any path
+/// under `/auth/check/` (Envoy appends the original path to `path_prefix`). If the request being
+/// checked may change state, the same CSRF rule as for proxied requests applies (403 without
+/// `X-CSRF` or the browser's same-origin word): see [`original_is_unsafe`].
 pub async fn check(
     State(state): State<AppState>,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, GatewayError> {
-    let original_method = ["x-forwarded-method", "x-original-method"]
-        .iter()
-        .find_map(|name| headers.get(*name))
-        .and_then(|v| axum::http::Method::from_bytes(v.as_bytes()).ok());
-    if original_method.is_some_and(|m| super::is_unsafe(&m)) {
+    if original_is_unsafe(&method, &headers) {
         crate::proxy::same_origin_or_csrf_header(&headers, &state.config.server.public_url)?;
     }
     let session = require_session(&state, &headers, "/").await?;
+    let session = super::require_subject(&state, session).await?;
     let mut response = no_store(StatusCode::OK.into_response());
     identity_headers(&session, response.headers_mut());
     Ok(response)
+}
+
+/// Whether the request forward-auth is asked about is unsafe: the sub-request's own method
+/// (nginx and Envoy send the original one), or any `X-Forwarded-Method` (Traefik) or
+/// `X-Original-Method` value. The client may have supplied either header itself, so every
+/// value counts and an empty or unparseable one is treated as unsafe: a method the gateway
+/// cannot read is not one it can call safe.
+pub fn original_is_unsafe(method: &Method, headers: &HeaderMap) -> bool {
+    super::is_unsafe(method)
+        || ["x-forwarded-method", "x-original-method"]
+            .iter()
+            .flat_map(|name| headers.get_all(*name))
+            .any(|value| {
+                Method::from_bytes(value.as_bytes()).map_or(true, |m| super::is_unsafe(&m))
+            })
 }
 
 /// Writes `X-Pleo-Subject` / `X-Pleo-Scopes` for a session.
@@ -267,4 +280,40 @@ pub(super) async fn introspect(state: &AppState, access_token: &str) -> anyhow::
             .map(str::to_owned)
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::header_map as map;
+
+    #[test]
+    fn any_unsafe_or_unreadable_original_method_is_unsafe() {
+        let get = Method::GET;
+        assert!(!original_is_unsafe(&get, &map(&[])));
+        assert!(!original_is_unsafe(
+            &get,
+            &map(&[("x-original-method", "GET")])
+        ));
+        assert!(!original_is_unsafe(
+            &get,
+            &map(&[("x-forwarded-method", "HEAD")])
+        ));
+        assert!(original_is_unsafe(&Method::POST, &map(&[])));
+        for hostile in ["POST", "P(ST", "", "DELETE", "PURGE"] {
+            assert!(
+                original_is_unsafe(&get, &map(&[("x-original-method", hostile)])),
+                "{hostile:?}"
+            );
+        }
+        // The client-supplied X-Forwarded-Method cannot mask the proxy's X-Original-Method.
+        assert!(original_is_unsafe(
+            &get,
+            &map(&[("x-forwarded-method", "GET"), ("x-original-method", "POST")])
+        ));
+        assert!(original_is_unsafe(
+            &get,
+            &map(&[("x-forwarded-method", "GET"), ("x-forwarded-method", "PUT")])
+        ));
+    }
 }

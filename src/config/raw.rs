@@ -22,6 +22,9 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "metrics_listen",
             "shutdown_timeout",
             "max_header_bytes",
+            "max_connections",
+            "auth_rate_per_client",
+            "auth_rate_global",
         ],
     ),
     (
@@ -63,6 +66,9 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "public_paths",
             "max_body_bytes",
             "upstream_timeout",
+            "body_timeout",
+            "body_buffer_bytes",
+            "upstream_max_connections",
         ],
     ),
 ];

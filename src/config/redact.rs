@@ -43,6 +43,19 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         "max_header_bytes",
         &server.max_header_bytes.to_string(),
     );
+    line(
+        &mut out,
+        "max_connections",
+        &server.max_connections.to_string(),
+    );
+    let rate =
+        |rate: Option<crate::config::Rate>| string(&rate.map_or("off".into(), |r| r.to_string()));
+    line(
+        &mut out,
+        "auth_rate_per_client",
+        &rate(server.auth_rate_per_client),
+    );
+    line(&mut out, "auth_rate_global", &rate(server.auth_rate_global));
 
     let pleo = &config.pleo;
     section(&mut out, "pleo");
@@ -113,6 +126,17 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         &mut out,
         "upstream_timeout",
         &duration(proxy.upstream_timeout),
+    );
+    line(&mut out, "body_timeout", &duration(proxy.body_timeout));
+    line(
+        &mut out,
+        "body_buffer_bytes",
+        &proxy.body_buffer_bytes.to_string(),
+    );
+    line(
+        &mut out,
+        "upstream_max_connections",
+        &proxy.upstream_max_connections.to_string(),
     );
     out
 }

@@ -68,9 +68,22 @@ fn minimal_file_gets_every_default() {
     assert_eq!(server.listen, "0.0.0.0:8080".parse().expect("addr"));
     assert_eq!(server.public_url.as_str(), "http://127.0.0.1:8080/");
     assert!(server.trusted_proxies.is_empty());
-    assert_eq!(server.metrics_listen, None);
+    // Loopback: /metrics is never public unless an operator says so.
+    assert_eq!(
+        server.metrics_listen,
+        Some("127.0.0.1:9100".parse().expect("addr"))
+    );
     assert_eq!(server.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(server.max_header_bytes, 16 * 1024);
+    assert_eq!(server.max_connections, 1024);
+    assert_eq!(
+        server.auth_rate_per_client,
+        crate::config::Rate::per(60, Duration::from_secs(60))
+    );
+    assert_eq!(
+        server.auth_rate_global,
+        crate::config::Rate::per(200, Duration::from_secs(1))
+    );
 
     let pleo = &config.pleo;
     assert_eq!(pleo.environment, PleoEnvironment::Staging);
@@ -551,4 +564,20 @@ fn encryption_keys_print_redacted_and_clone() {
     assert_eq!(format!("{key:?}"), "EncryptionKey([redacted])");
     assert_eq!(key.clone().bytes(), key.bytes());
     assert_ne!(EncryptionKey::generate().bytes(), key.bytes());
+}
+
+#[test]
+fn rates_parse() {
+    assert_eq!(
+        crate::config::Rate::parse("60/m").unwrap(),
+        Some(crate::config::Rate {
+            interval: Duration::from_secs(1),
+            burst: 60
+        })
+    );
+    assert_eq!(crate::config::Rate::parse("off").unwrap(), None);
+    assert_eq!(crate::config::Rate::parse("0").unwrap(), None);
+    assert!(crate::config::Rate::parse("0/s").is_err());
+    assert!(crate::config::Rate::parse("ten/s").is_err());
+    assert!(crate::config::Rate::parse("5/d").is_err());
 }

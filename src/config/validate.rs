@@ -19,6 +19,9 @@ use super::{
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// Default `server.public_url`.
 const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+/// Default `server.metrics_listen`: loopback, so `/metrics` is never public by accident; a
+/// scraper outside the pod needs it set to a reachable address on purpose.
+const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9100";
 /// Default `server.shutdown_timeout`.
 const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 /// Default `server.max_header_bytes`.
@@ -26,6 +29,15 @@ const DEFAULT_MAX_HEADER_BYTES: &str = "16KiB";
 /// Bounds of `server.max_header_bytes`: below 1 KiB real browsers' cookies do not fit; above
 /// 1 MiB a header limit no longer protects memory.
 const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 20);
+/// Default `server.max_connections`: at the measured worst case per connection (a full 16 KiB
+/// request head held open, see the README's security model) this stays inside the shipped
+/// 64 MiB memory limit.
+const DEFAULT_MAX_CONNECTIONS: &str = "1024";
+/// Default `server.auth_rate_per_client`: a person with several tabs and retries never gets
+/// near it; a script hammering `/auth/login` does at once.
+const DEFAULT_AUTH_RATE_PER_CLIENT: &str = "60/m";
+/// Default `server.auth_rate_global`.
+const DEFAULT_AUTH_RATE_GLOBAL: &str = "200/s";
 /// Default `pleo.refresh_before_expiry`.
 const DEFAULT_REFRESH_BEFORE_EXPIRY: &str = "60s";
 /// Upper bound (exclusive) of `pleo.refresh_before_expiry`: Pleo's access tokens live 15 min.
@@ -52,6 +64,13 @@ const DEFAULT_PLEO_PREFIX: &str = "/pleo";
 const DEFAULT_MAX_BODY_BYTES: &str = "10MiB";
 /// Default `proxy.upstream_timeout`.
 const DEFAULT_UPSTREAM_TIMEOUT: &str = "60s";
+/// Default `proxy.body_timeout`: 10 MiB at about 175 KB/s.
+const DEFAULT_BODY_TIMEOUT: &str = "60s";
+/// Default `proxy.body_buffer_bytes`, as nginx's `client_body_buffer_size` on 64-bit hosts
+/// (16k) times four: form posts and JSON calls are read whole before the app is contacted.
+const DEFAULT_BODY_BUFFER_BYTES: &str = "64KiB";
+/// Default `proxy.upstream_max_connections`.
+const DEFAULT_UPSTREAM_MAX_CONNECTIONS: &str = "256";
 
 /// Validates the whole tree; `Err(Invalid)` lists every problem found.
 pub(super) fn validate(tree: &RawTree) -> Result<Config, ConfigError> {
@@ -143,8 +162,8 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         values::origin_url,
     );
     let trusted_proxies = r.parsed_list("server", "trusted_proxies", values::cidr);
-    let metrics_listen = r.value("server", "metrics_listen", "", |text| {
-        if text.trim().is_empty() {
+    let metrics_listen = r.value("server", "metrics_listen", DEFAULT_METRICS_LISTEN, |text| {
+        if text.trim().is_empty() || text.trim().eq_ignore_ascii_case("off") {
             Ok(None)
         } else {
             values::socket_addr(text).map(Some)
@@ -165,6 +184,24 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
             usize::try_from(bytes).map_err(|_| format!("{bytes} is too large"))
         },
     );
+    let max_connections = r.value(
+        "server",
+        "max_connections",
+        DEFAULT_MAX_CONNECTIONS,
+        values::positive_count,
+    );
+    let auth_rate_per_client = r.value(
+        "server",
+        "auth_rate_per_client",
+        DEFAULT_AUTH_RATE_PER_CLIENT,
+        crate::config::Rate::parse,
+    );
+    let auth_rate_global = r.value(
+        "server",
+        "auth_rate_global",
+        DEFAULT_AUTH_RATE_GLOBAL,
+        crate::config::Rate::parse,
+    );
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
@@ -172,6 +209,9 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         metrics_listen: metrics_listen?,
         shutdown_timeout: shutdown_timeout?,
         max_header_bytes: max_header_bytes?,
+        max_connections: max_connections?,
+        auth_rate_per_client: auth_rate_per_client?,
+        auth_rate_global: auth_rate_global?,
     })
 }
 
@@ -400,11 +440,35 @@ fn proxy(r: &mut Reader) -> Option<ProxyConfig> {
         values::byte_size,
     );
     let upstream_timeout = r.duration("proxy", "upstream_timeout", DEFAULT_UPSTREAM_TIMEOUT);
+    let body_timeout = r.duration("proxy", "body_timeout", DEFAULT_BODY_TIMEOUT);
+    let body_buffer_bytes = r.value(
+        "proxy",
+        "body_buffer_bytes",
+        DEFAULT_BODY_BUFFER_BYTES,
+        |text| {
+            let bytes = values::byte_size(text)?;
+            if bytes > 16 << 20 {
+                return Err(format!(
+                    "{bytes} is more than 16MiB; larger bodies stream to the app instead"
+                ));
+            }
+            usize::try_from(bytes).map_err(|_| format!("{bytes} is too large"))
+        },
+    );
+    let upstream_max_connections = r.value(
+        "proxy",
+        "upstream_max_connections",
+        DEFAULT_UPSTREAM_MAX_CONNECTIONS,
+        values::positive_count,
+    );
     Some(ProxyConfig {
         pleo_prefix,
         upstream: upstream?,
         public_paths,
         max_body_bytes: max_body_bytes?,
         upstream_timeout: upstream_timeout?,
+        body_timeout: body_timeout?,
+        body_buffer_bytes: body_buffer_bytes?,
+        upstream_max_connections: upstream_max_connections?,
     })
 }

@@ -68,6 +68,15 @@ pub(super) fn byte_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// A whole number greater than zero (a count of connections, say).
+pub(super) fn positive_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err(format!("must be greater than zero ({text:?})")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("not a whole number ({text:?})")),
+    }
+}
+
 /// A socket address such as `0.0.0.0:8080` or `[::]:8080`.
 pub(super) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {

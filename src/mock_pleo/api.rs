@@ -99,7 +99,15 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthorized> {
 pub(super) async fn introspect(
     State(mock): State<MockPleo>,
     Extension(grant): Extension<GrantView>,
-) -> Json<Value> {
+) -> Response {
+    if let Some(status) = mock.introspect_failure() {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return (
+            status,
+            Json(json!({ "message": "introspection is failing (mock)" })),
+        )
+            .into_response();
+    }
     Json(json!({
         "data": {
             "authMethod": "OAUTH2",
@@ -109,6 +117,7 @@ pub(super) async fn introspect(
             "subjectURN": grant.subject,
         }
     }))
+    .into_response()
 }
 
 /// Pagination parameters of `/v2/employees`.

@@ -26,6 +26,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Who the request came from, as far as the gateway can vouch for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +98,42 @@ pub fn resolve(
     }
 }
 
+/// Middleware: drops an inbound `X-Request-Id` unless the peer is a trusted proxy and the id is
+/// a plain token (see [`is_plain_request_id`]); otherwise the gateway assigns its own. A client-chosen id would end up in the app's logs and file names.
+pub async fn accept_request_id(
+    axum::extract::State(trusted): axum::extract::State<std::sync::Arc<Vec<IpNet>>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer_trusted = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|info| {
+            let peer = info.0.ip().to_canonical();
+            trusted.iter().any(|net| net.contains(&peer))
+        });
+    let headers = request.headers_mut();
+    let keep = peer_trusted
+        && headers.get_all(X_REQUEST_ID).iter().count() == 1
+        && headers
+            .get(X_REQUEST_ID)
+            .is_some_and(|v| is_plain_request_id(v.as_bytes()));
+    if !keep {
+        headers.remove(X_REQUEST_ID);
+    }
+    next.run(request).await
+}
+
+/// A request id safe to log and pass on: 1–128 bytes of letters, digits, `-`, `_`, `.` and `:`,
+/// and no `..`.
+pub fn is_plain_request_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && !id.windows(2).any(|w| w == b"..")
+}
+
 /// Replaces the forwarding headers of an outgoing request with `forwarding`.
 pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
     let spoofable: Vec<HeaderName> = headers
@@ -124,10 +161,29 @@ pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
     set(X_REAL_IP, &forwarding.client.to_string());
 }
 
+/// Headers that claim the client's address or rewrite the request's URL or method, which
+/// frameworks and CDN integrations believe: a client could choose what the app logs, rate-limits
+/// or routes by. The gateway's `X-Forwarded-For`/`X-Real-IP` say who the client is; these never
+/// reach the app, whoever sent them.
+const CLAIMS: &[&str] = &[
+    "client-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Whether an inbound header is dropped before the gateway's own forwarding headers are set.
 /// A trusted proxy's other `X-Forwarded-*` (port, prefix) pass; a client's do not, and neither
 /// do `_` spellings (`x_forwarded_for`), which no proxy writes but WSGI-style servers fold into
-/// the real name.
+/// the real name. The [`CLAIMS`] are dropped in every spelling.
 fn is_replaced(name: &str, peer_trusted: bool) -> bool {
     let folded = fold(name);
     let respelled = folded != name;
@@ -135,7 +191,8 @@ fn is_replaced(name: &str, peer_trusted: bool) -> bool {
         folded.as_str(),
         "forwarded" | "x-real-ip" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
     );
-    ours || (folded.starts_with("x-forwarded-") && (respelled || !peer_trusted))
+    ours || CLAIMS.contains(&folded.as_str())
+        || (folded.starts_with("x-forwarded-") && (respelled || !peer_trusted))
 }
 
 /// A header name as servers that fold `_` into `-` and ignore case see it.
@@ -297,6 +354,53 @@ mod tests {
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out["x-forwarded-host"], "app.example.com");
         assert!(out.contains_key("accept"));
+    }
+
+    #[test]
+    fn request_ids_must_be_plain_tokens() {
+        assert!(is_plain_request_id(b"3f1c9a2e-7b7d-4f0e-9d7a-5a1b2c3d4e5f"));
+        assert!(is_plain_request_id(b"edge:abc.def_1"));
+        for bad in [
+            &b""[..],
+            b"../../admin",
+            b"a b",
+            b"a/b",
+            b"x\n",
+            &[b'a'; 129][..],
+        ] {
+            assert!(!is_plain_request_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn client_address_and_url_claims_never_pass() {
+        for trusted in [false, true] {
+            let mut headers = HeaderMap::new();
+            for name in CLAIMS {
+                headers.insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static("10.0.0.1"),
+                );
+            }
+            headers.insert("true_client_ip", HeaderValue::from_static("10.0.0.1"));
+            headers.insert("x-app", HeaderValue::from_static("kept"));
+            let peer = if trusted { "10.1.1.1" } else { "198.51.100.7" };
+            let forwarding = resolve(ip(peer), &nets(&["10.1.1.1/32"]), &headers, &url());
+            apply(&mut headers, &forwarding);
+            let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            left.sort_unstable();
+            assert_eq!(
+                left,
+                [
+                    "x-app",
+                    "x-forwarded-for",
+                    "x-forwarded-host",
+                    "x-forwarded-proto",
+                    "x-real-ip"
+                ],
+                "trusted peer: {trusted}"
+            );
+        }
     }
 
     #[test]

@@ -57,10 +57,16 @@ pub fn normalize_path(raw: &str) -> Option<String> {
 }
 
 /// Whether a normalised path matches one of `patterns` (exact, or prefix for a trailing `*`).
-/// Paths still holding `;`, `%2F` or `%25` are never public, whatever the patterns say.
+/// Paths still holding `;` (raw or `%3B`), `%2F` or `%25` are never public, whatever the
+/// patterns say.
 pub fn is_public(normalized: &str, patterns: &[String]) -> bool {
     let upper = normalized.to_ascii_uppercase();
-    if upper.contains(';') || upper.contains("%2F") || upper.contains("%25") {
+    // `%3B` too: servers that decode before splitting `;params` read it as the raw one.
+    if upper.contains(';')
+        || upper.contains("%3B")
+        || upper.contains("%2F")
+        || upper.contains("%25")
+    {
         return false;
     }
     patterns
@@ -68,6 +74,16 @@ pub fn is_public(normalized: &str, patterns: &[String]) -> bool {
         .any(|pattern| match pattern.strip_suffix('*') {
             Some(prefix) => normalized.starts_with(prefix),
             None => normalized == pattern,
+        })
+}
+
+/// Whether a path has a `.` or `..` segment, also spelled with `%2E`, or a backslash (which URL
+/// parsers treat as `/`). Such a path could climb out of the prefix it is appended to.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.contains('\\')
+        || path.split('/').any(|segment| {
+            let folded = segment.to_ascii_lowercase().replace("%2e", ".");
+            folded == "." || folded == ".."
         })
 }
 
@@ -169,6 +185,42 @@ mod tests {
 
     fn access(raw: &str) -> Option<PathAccess> {
         path_access(raw, &patterns())
+    }
+
+    #[test]
+    fn an_encoded_semicolon_is_never_public() {
+        for raw in [
+            "/static/..%3B/admin",
+            "/static/..%3b/admin",
+            "/static/%2e%2e%3B/admin",
+        ] {
+            assert_eq!(access(raw), Some(PathAccess::Protected), "{raw}");
+        }
+        assert_eq!(access("/static/app.css"), Some(PathAccess::Public));
+    }
+
+    #[test]
+    fn dot_segments_are_found_in_every_spelling() {
+        for path in [
+            "/../v2/x",
+            "/%2E%2E/x",
+            "/a/%2e/b",
+            "/a/..",
+            "/.",
+            "/..\\x",
+            "/a\\b",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in [
+            "/v1/expenses",
+            "/a..b/c",
+            "/.well-known/x",
+            "/%2e%2e%2e/x",
+            "/",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
     }
 
     #[test]

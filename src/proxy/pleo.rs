@@ -40,6 +40,12 @@ pub async fn proxy_to_pleo(
         .path()
         .strip_prefix(prefix.as_str())
         .unwrap_or("/");
+    // `/pleo/../v2/x` would resolve outside `api_url`'s path, with the bearer attached.
+    if super::path::has_dot_segment(path) {
+        return Err(GatewayError::BadRequest(
+            "the Pleo API path must not contain `.` or `..` segments".into(),
+        ));
+    }
     let url = pleo_api_url(&state, path, parts.uri.query())?;
     let content_length = parts
         .headers

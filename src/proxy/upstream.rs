@@ -27,10 +27,10 @@ mod rewrite;
 #[cfg(test)]
 mod tests;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
-    body::Body,
+    body::{Body, Bytes, HttpBody},
     extract::{ConnectInfo, Request, State},
     http::{HeaderMap, Method, StatusCode, Uri, Version, header, request::Parts},
     response::Response,
@@ -42,7 +42,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tower_http::request_id::RequestId;
 use url::Url;
 
@@ -53,7 +53,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    auth::{current_session, is_unsafe, require_csrf_header},
+    auth::{current_session, is_unsafe, require_csrf_header, require_subject},
     error::{GatewayError, is_navigation},
     session::Session,
 };
@@ -61,6 +61,8 @@ use crate::{
 /// Longest wait for a TCP connection to the app (capped by `proxy.upstream_timeout`). The app
 /// runs beside the gateway: if it does not accept quickly, it is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a free app connection (`proxy.upstream_max_connections`) before 503.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
 /// Idle keep-alive connections to the app are closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -73,12 +75,14 @@ pub struct UpstreamClient {
     /// The app's base path without a trailing slash (`""` at the root).
     base_path: String,
     timeout: Duration,
+    /// One permit per app connection in use (`proxy.upstream_max_connections`).
+    slots: Arc<Semaphore>,
 }
 
 impl UpstreamClient {
     /// Builds the client for `upstream`. `http://` is the usual sidecar case (the app is on the
     /// same pod or host); `https://` works too, verified against the Mozilla root set.
-    pub fn new(upstream: &Url, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(upstream: &Url, timeout: Duration, max_connections: usize) -> anyhow::Result<Self> {
         let scheme = upstream.scheme();
         if scheme != "http" && scheme != "https" {
             anyhow::bail!(
@@ -100,6 +104,7 @@ impl UpstreamClient {
             .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(max_connections)
             .pool_timer(TokioTimer::new())
             .build(connector);
         let host = match upstream.host() {
@@ -111,6 +116,7 @@ impl UpstreamClient {
             origin: format!("{scheme}://{host}:{port}"),
             base_path: upstream.path().trim_end_matches('/').to_owned(),
             timeout,
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
         })
     }
 
@@ -124,24 +130,62 @@ impl UpstreamClient {
 
     /// Sends `request` and waits for the response head: while the body is still uploading
     /// (`body_sent` pending) the client's pace decides, then the app has `timeout` to answer.
+    /// The returned slot counts against `proxy.upstream_max_connections` until it is dropped.
     async fn send(
         &self,
         request: Request,
         body_sent: Option<oneshot::Receiver<()>>,
-    ) -> Result<hyper::Response<Incoming>, GatewayError> {
+    ) -> Result<(hyper::Response<Incoming>, OwnedSemaphorePermit), GatewayError> {
+        let slot = tokio::time::timeout(
+            SLOT_WAIT.min(self.timeout),
+            Arc::clone(&self.slots).acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            tracing::warn!("every connection to the app is busy (proxy.upstream_max_connections)");
+            GatewayError::UpstreamBusy
+        })?;
         let response = self.client.request(request);
         tokio::pin!(response);
         if let Some(sent) = body_sent {
             tokio::select! {
                 // An app may answer before reading the whole body (a 413 or 401 of its own).
-                result = &mut response => return result.map_err(|e| classify(&e)),
+                result = &mut response => return result.map(|r| (r, slot)).map_err(|e| classify(&e)),
                 _ = sent => {}
             }
         }
         match tokio::time::timeout(self.timeout, response).await {
-            Ok(result) => result.map_err(|e| classify(&e)),
+            Ok(result) => result.map(|r| (r, slot)).map_err(|e| classify(&e)),
             Err(_) => Err(GatewayError::UpstreamTimeout),
         }
+    }
+}
+
+/// The app's response body, holding its connection slot until it is done.
+struct SlotBody {
+    body: Incoming,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl HttpBody for SlotBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -151,6 +195,7 @@ pub async fn proxy_to_upstream(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Result<Response, GatewayError> {
+    let started = tokio::time::Instant::now();
     let Some(upstream) = state.upstream.clone() else {
         return Err(GatewayError::NotFound);
     };
@@ -178,12 +223,6 @@ pub async fn proxy_to_upstream(
         &parts.headers,
         &state.config.server.public_url,
     );
-    let login_cookie = state.cookies.login_name();
-    let gateway_cookies = [
-        state.cookies.name.as_str(),
-        state.config.session.cookie_name.as_str(),
-        login_cookie.as_str(),
-    ];
     let request_id = parts
         .extensions
         .get::<RequestId>()
@@ -191,7 +230,7 @@ pub async fn proxy_to_upstream(
     let headers = rewrite::request_headers(
         std::mem::take(&mut parts.headers),
         &rewrite::RequestRewrite {
-            gateway_cookies: &gateway_cookies,
+            gateway_cookies: &state.cookies,
             identity: session.as_ref(),
             request_id,
             forwarding: &forwarding,
@@ -205,7 +244,16 @@ pub async fn proxy_to_upstream(
             sent: None,
         }
     } else {
-        body::outgoing(body, limit, upstream.timeout)
+        body::prepare(
+            body,
+            body::BodyLimits {
+                max_bytes: limit,
+                buffer_bytes: state.config.proxy.body_buffer_bytes,
+                idle: upstream.timeout,
+                deadline: started + state.config.proxy.body_timeout,
+            },
+        )
+        .await?
     };
     let mut outgoing = Request::new(body.body);
     *outgoing.method_mut() = parts.method;
@@ -213,7 +261,7 @@ pub async fn proxy_to_upstream(
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = headers;
 
-    let response = upstream.send(outgoing, body.sent).await?;
+    let (response, slot) = upstream.send(outgoing, body.sent).await?;
     let (mut parts, body) = response.into_parts();
     let upgraded = websocket && parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
@@ -225,8 +273,12 @@ pub async fn proxy_to_upstream(
         };
         websocket::splice(&state, session.map(|s| s.key), client, app);
     }
-    rewrite::response_headers(&mut parts.headers, &gateway_cookies, upgraded);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    rewrite::response_headers(&mut parts.headers, &state.cookies, upgraded);
+    // The app connection stays counted until its response body has been passed on.
+    Ok(Response::from_parts(
+        parts,
+        Body::new(SlotBody { body, _slot: slot }),
+    ))
 }
 
 /// Whether a request may go to the app, and as whom.
@@ -268,6 +320,8 @@ async fn admit(
     if is_unsafe(&parts.method) {
         same_origin_or_csrf_header(&parts.headers, public_url)?;
     }
+    // Never forward to the app on behalf of an unknown company.
+    let session = require_subject(state, session).await?;
     Ok(Admission::Session(session))
 }
 
@@ -295,15 +349,12 @@ pub fn same_origin_or_csrf_header(
 /// 413 when the body outgrew the limit mid-stream, 400 when the client stalled its upload,
 /// otherwise 502 (a refused or broken connection to the app).
 fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause.is::<LengthLimitError>() {
-            return GatewayError::BodyTooLarge;
-        }
-        if cause.is::<body::BodyStalled>() {
-            return GatewayError::BadRequest("the request body stopped arriving".into());
-        }
-        source = cause.source();
+    // The client's own body failing is the client's fault, not the app's.
+    if body::caused_by::<LengthLimitError>(error)
+        || body::caused_by::<body::BodyStalled>(error)
+        || body::caused_by::<body::BodyBroken>(error)
+    {
+        return body::rejection(error);
     }
     tracing::warn!(error = %error, connect = error.is_connect(), "request to the app behind the gateway failed");
     GatewayError::UpstreamUnreachable

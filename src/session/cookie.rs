@@ -1,4 +1,5 @@
-//! The session cookie: its attributes, and reading it out of a `Cookie` header.
+//! The gateway's cookies: the session cookie and the pending-login cookies, their attributes,
+//! and reading them out of (or stripping them from) a `Cookie` header.
 //!
 //! Pure functions, so the parsing rules are tested apart from any I/O.
 
@@ -14,26 +15,33 @@ pub struct CookieSettings {
     pub name: String,
     /// Whether to set `Secure`.
     pub secure: bool,
+    /// The name as configured (with its `__Host-` prefix even on plain HTTP), which is
+    /// stripped before requests reach the app too.
+    pub configured_name: String,
+    /// Start of every pending-login cookie's name (see [`CookieSettings::login_name`]).
+    login_prefix: String,
 }
 
 impl CookieSettings {
     /// Derives the effective settings from the configured name and whether the public URL is
     /// plain HTTP.
     pub fn new(configured_name: &str, plain_http: bool) -> Self {
-        if plain_http {
-            let name = configured_name
-                .strip_prefix("__Host-")
-                .or_else(|| configured_name.strip_prefix("__Secure-"))
-                .unwrap_or(configured_name);
-            Self {
-                name: name.to_owned(),
-                secure: false,
-            }
+        let bare = configured_name
+            .strip_prefix("__Host-")
+            .or_else(|| configured_name.strip_prefix("__Secure-"))
+            .unwrap_or(configured_name);
+        // Pending-login cookies are scoped to `/auth/` so that they never travel with requests
+        // for the app; `__Host-` forbids a path, so over HTTPS they take `__Secure-` instead.
+        let login_prefix = if plain_http {
+            format!("{bare}-login-")
         } else {
-            Self {
-                name: configured_name.to_owned(),
-                secure: true,
-            }
+            format!("__Secure-{bare}-login-")
+        };
+        Self {
+            name: if plain_http { bare } else { configured_name }.to_owned(),
+            secure: !plain_http,
+            configured_name: configured_name.to_owned(),
+            login_prefix,
         }
     }
 
@@ -48,26 +56,54 @@ impl CookieSettings {
         self.header("", 0)
     }
 
-    /// Name of the login-binding cookie, which ties a pending login to the browser that
-    /// started it: the session cookie's name with `-login` appended (same prefix rules).
-    pub fn login_name(&self) -> String {
-        format!("{}-login", self.name)
+    /// Name of the pending-login cookie for the login whose `state` has tag `tag`: one cookie
+    /// per login in progress, so several tabs can log in at once.
+    pub fn login_name(&self, tag: &str) -> String {
+        format!("{}{tag}", self.login_prefix)
     }
 
-    /// `Set-Cookie` for the login-binding cookie, living as long as a pending login.
-    pub fn set_login(&self, value: &str, max_age: Duration) -> HeaderValue {
-        self.header_named(&self.login_name(), value, max_age.as_secs())
+    /// The tag of a pending-login cookie name, if `name` is one.
+    pub fn login_tag<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(self.login_prefix.as_str())
+    }
+
+    /// `Set-Cookie` for a pending-login cookie, living as long as the login may take.
+    pub fn set_login(&self, tag: &str, value: &str, max_age: Duration) -> HeaderValue {
+        self.header_at(&self.login_name(tag), value, max_age.as_secs(), LOGIN_PATH)
+    }
+
+    /// `Set-Cookie` that removes a pending-login cookie.
+    pub fn clear_login(&self, tag: &str) -> HeaderValue {
+        self.header_at(&self.login_name(tag), "", 0, LOGIN_PATH)
+    }
+
+    /// Whether a cookie of this name belongs to the gateway (the session cookie under its
+    /// effective or configured name, a pending-login cookie, or the login-binding cookie of
+    /// earlier versions): such cookies never reach the app.
+    pub fn is_gateway_cookie(&self, name: &str) -> bool {
+        // Case-insensitive: browsers match the `__Host-`/`__Secure-` prefixes without regard to
+        // case, so a differently cased copy could still shadow ours.
+        let prefix = self.login_prefix.as_bytes();
+        name.eq_ignore_ascii_case(&self.name)
+            || name.eq_ignore_ascii_case(&self.configured_name)
+            || name
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+            || name
+                .get(..name.len().saturating_sub("-login".len()))
+                .is_some_and(|base| base.eq_ignore_ascii_case(&self.name))
+                && name.to_ascii_lowercase().ends_with("-login")
     }
 
     fn header(&self, value: &str, max_age: u64) -> HeaderValue {
-        self.header_named(&self.name, value, max_age)
+        self.header_at(&self.name, value, max_age, "/")
     }
 
-    fn header_named(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+    fn header_at(&self, name: &str, value: &str, max_age: u64, path: &str) -> HeaderValue {
         let secure = if self.secure { "; Secure" } else { "" };
         let text = format!(
-            "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-            name, value, max_age, secure
+            "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
         );
         // Names are validated at start-up and values are base64url, so this cannot fail; fall
         // back to an expiring cookie rather than panic.
@@ -76,29 +112,43 @@ impl CookieSettings {
     }
 }
 
-/// Finds the value of cookie `name` in every `Cookie` header of a request. When the same name
-/// appears more than once (a cookie set for another path or a parent domain), the first one wins,
-/// as browsers order the most specific first.
-pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Path of the pending-login cookies: `/auth/login` counts them, `/auth/callback` reads one.
+const LOGIN_PATH: &str = "/auth/";
+
+/// Every `name=value` pair of every `Cookie` header, trimmed, in order.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|line| line.split(';'))
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+            Some((k.trim(), v.trim().trim_matches('"')))
         })
+}
+
+/// Finds the value of cookie `name` in every `Cookie` header of a request. When the same name
+/// appears more than once (a cookie set for another path or a parent domain), the first one wins,
+/// as browsers order the most specific first.
+pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie_pairs(headers).find_map(|(k, v)| (k == name).then_some(v))
 }
 
 /// Rewrites a `Cookie` header value without cookie `name`; `None` when nothing is left.
 /// Used so the gateway's own cookie never reaches an upstream.
 pub fn without_cookie(line: &str, name: &str) -> Option<String> {
+    without_cookies(line, |candidate| candidate == name)
+}
+
+/// Rewrites a `Cookie` header value without every cookie whose name `drop` selects; `None`
+/// when nothing is left.
+pub fn without_cookies(line: &str, drop: impl Fn(&str) -> bool) -> Option<String> {
     let kept: Vec<&str> = line
         .split(';')
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| pair.split_once('=').map_or(pair.trim(), |(k, _)| k.trim()) != name)
+        .filter(|pair| !drop(pair.split_once('=').map_or(*pair, |(k, _)| k.trim())))
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
@@ -145,6 +195,40 @@ mod tests {
         );
         assert_eq!(without_cookie("sid=x", "sid"), None);
         assert_eq!(without_cookie("sidx=1", "sid").as_deref(), Some("sidx=1"));
+    }
+
+    #[test]
+    fn login_cookies_are_scoped_to_auth_and_recognised() {
+        let s = CookieSettings::new("__Host-pleo-session", false);
+        let name = s.login_name("abc");
+        assert_eq!(name, "__Secure-pleo-session-login-abc");
+        assert_eq!(s.login_tag(&name), Some("abc"));
+        let set = s.set_login("abc", "v", Duration::from_secs(600));
+        assert_eq!(
+            set.to_str().unwrap(),
+            "__Secure-pleo-session-login-abc=v; Path=/auth/; Max-Age=600; HttpOnly; SameSite=Lax; Secure"
+        );
+        for ours in [
+            "__Host-pleo-session",
+            "__Secure-pleo-session-login-abc",
+            "__Host-pleo-session-login",
+        ] {
+            assert!(s.is_gateway_cookie(ours), "{ours}");
+        }
+        assert!(!s.is_gateway_cookie("pleo-session-x"));
+        let plain = CookieSettings::new("__Host-pleo-session", true);
+        assert_eq!(plain.login_name("t"), "pleo-session-login-t");
+        assert!(plain.is_gateway_cookie("__Host-pleo-session"));
+        assert!(plain.is_gateway_cookie("pleo-session"));
+        assert!(!plain.clear_login("t").to_str().unwrap().contains("Secure"));
+    }
+
+    #[test]
+    fn strips_every_selected_cookie() {
+        assert_eq!(
+            without_cookies("a=1; sid=x; sid-login-1=y; b=2", |n| n.starts_with("sid")).as_deref(),
+            Some("a=1; b=2")
+        );
     }
 
     proptest! {

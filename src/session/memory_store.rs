@@ -20,7 +20,6 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Inner {
     sessions: HashMap<String, Entry>,
-    logins: HashMap<String, (Vec<u8>, std::time::Instant)>,
     locks: HashMap<String, (String, std::time::Instant)>,
     /// Failure count, back-off end (unix ms), forget-after (unix ms).
     backoffs: HashMap<String, (u32, u64, u64)>,
@@ -33,8 +32,6 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
 }
 
-/// Most pending logins held at once (each is about a kilobyte).
-const MAX_PENDING_LOGINS: usize = 100_000;
 /// Sweep expired entries every this many inserts, so an idle map cannot grow without bound.
 const SWEEP_EVERY: u64 = 256;
 
@@ -89,8 +86,6 @@ impl MemoryStore {
         inner.inserts += 1;
         if inner.inserts.is_multiple_of(SWEEP_EVERY) {
             inner.sessions.retain(|_, e| e.expires_at_ms > now_ms);
-            let now = std::time::Instant::now();
-            inner.logins.retain(|_, (_, until)| *until > now);
             inner.backoffs.retain(|_, (_, _, forget)| *forget > now_ms);
         }
         inner.sessions.insert(
@@ -131,35 +126,6 @@ impl MemoryStore {
     pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.lock().sessions.remove(key);
         Ok(())
-    }
-
-    pub(super) async fn put_login(
-        &self,
-        key: &str,
-        blob: &[u8],
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let now = std::time::Instant::now();
-        let mut inner = self.lock();
-        // Anyone can start logins without a session: drop expired ones as they pile up, and
-        // refuse new ones past a hard cap rather than grow without bound.
-        if inner.logins.len() >= MAX_PENDING_LOGINS / 2 {
-            inner.logins.retain(|_, (_, until)| *until > now);
-        }
-        if inner.logins.len() >= MAX_PENDING_LOGINS {
-            return Err(StoreError::Full("too many pending logins"));
-        }
-        inner
-            .logins
-            .insert(key.to_owned(), (blob.to_vec(), now + ttl));
-        Ok(())
-    }
-
-    pub(super) async fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let taken = self.lock().logins.remove(key);
-        Ok(taken
-            .filter(|(_, until)| *until > std::time::Instant::now())
-            .map(|(blob, _)| blob))
     }
 
     pub(super) async fn try_lock(

@@ -4,7 +4,6 @@
 //! Layout, every key under the configured prefix:
 //! - `{prefix}session:{hmac}` — a hash: `v` (version), `d` (sealed record), `a` (absolute
 //!   deadline, unix ms). Its TTL is the idle timeout, capped at the absolute deadline.
-//! - `{prefix}login:{hmac}` — a sealed pending login, taken with `GETDEL` so a state works once.
 //! - `{prefix}lock:{hmac}` — the session's refresh lock: a random owner token, `SET NX PX`,
 //!   extended while held, deleted only by its owner.
 //! - `{prefix}backoff:{hmac}` — consecutive transient refresh failures and when the next attempt
@@ -160,10 +159,6 @@ impl RedisStore {
 
     fn session_key(&self, key: &str) -> String {
         format!("{}session:{}", self.prefix, key)
-    }
-
-    fn login_key(&self, key: &str) -> String {
-        format!("{}login:{}", self.prefix, key)
     }
 
     fn lock_key(&self, key: &str) -> String {
@@ -330,31 +325,6 @@ impl RedisStore {
             .query_async(&mut conn)
             .await?;
         Ok(())
-    }
-
-    pub(super) async fn put_login(
-        &self,
-        key: &str,
-        blob: &[u8],
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: () = redis::cmd("SET")
-            .arg(self.login_key(key))
-            .arg(blob)
-            .arg("PX")
-            .arg(ms(ttl).max(1))
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    pub(super) async fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut conn = self.conn.clone();
-        Ok(redis::cmd("GETDEL")
-            .arg(self.login_key(key))
-            .query_async(&mut conn)
-            .await?)
     }
 
     pub(super) async fn try_lock(

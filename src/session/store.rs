@@ -119,16 +119,6 @@ impl Store {
         dispatch!(self, s => s.delete(key))
     }
 
-    /// Stores a pending login (state → sealed PKCE verifier and return path) for `ttl`.
-    pub async fn put_login(&self, key: &str, blob: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        dispatch!(self, s => s.put_login(key, blob, ttl))
-    }
-
-    /// Atomically reads and deletes a pending login, so a `state` works once.
-    pub async fn take_login(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        dispatch!(self, s => s.take_login(key))
-    }
-
     /// Takes the refresh lock of a session if free: `SET NX PX`. `token` identifies the owner.
     pub async fn try_lock(
         &self,

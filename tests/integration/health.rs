@@ -34,10 +34,13 @@ async fn readyz_is_503_when_redis_is_unreachable() {
     assert_eq!(body["ready"], false);
     assert_eq!(body["store"], "redis");
 
-    // Requests that need the store are a 503 with Retry-After, never a logout.
+    // Requests that need the store are a 503 with Retry-After, never a logout; starting a
+    // login needs none.
+    let session = browser.send(browser.get("/auth/session")).await;
+    assert_eq!(session.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(session.headers().contains_key(reqwest::header::RETRY_AFTER));
     let login = browser.send(browser.get("/auth/login")).await;
-    assert_eq!(login.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(login.headers().contains_key(reqwest::header::RETRY_AFTER));
+    assert_eq!(login.status(), StatusCode::FOUND);
 }
 
 /// Malformed requests to the gateway's own routes get the gateway's JSON error format, not a

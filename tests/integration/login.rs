@@ -433,7 +433,9 @@ async fn callback_from_a_browser_that_did_not_start_the_login_is_refused() {
     let info = victim.send(victim.get("/auth/session")).await;
     assert_eq!(info.status(), StatusCode::UNAUTHORIZED);
 
-    // The state is spent: the attacker cannot use the link either after the victim opened it.
-    let again = attacker.send(attacker.get(callback_url.as_str())).await;
-    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    // Only the browser that started the login holds its pending-login cookie: the attacker's
+    // own browser can finish it (into the attacker's own account), nobody else's can.
+    let own = attacker.send(attacker.get(callback_url.as_str())).await;
+    assert_eq!(own.status(), StatusCode::FOUND);
+    assert!(session_set_cookie(&own).is_some());
 }

@@ -12,6 +12,7 @@ mod browser;
 mod config_cli;
 mod failures;
 mod health;
+mod hostile;
 mod login;
 mod proxy;
 mod redis_topologies;

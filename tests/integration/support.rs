@@ -175,6 +175,10 @@ impl TestEnv {
             ("PLEO__SCOPES".into(), SCOPES.join(",")),
             // Room for the 20 MB upload test; the default is 10 MiB.
             ("PROXY__MAX_BODY_BYTES".into(), "64MiB".into()),
+            // Every test logs in from 127.0.0.1, some of them hundreds of times; the rate
+            // limits have tests of their own (hostile.rs), which set them explicitly.
+            ("SERVER__AUTH_RATE_PER_CLIENT".into(), "off".into()),
+            ("SERVER__AUTH_RATE_GLOBAL".into(), "off".into()),
         ];
         if let Some(secret) = &client_secret {
             env.push(("PLEO__CLIENT_SECRET".into(), secret.clone()));
@@ -360,9 +364,11 @@ async fn serve_gateway(
     let store = app::open_store(&config)
         .await
         .expect("open the session store");
+    let options = pleo_gateway::server::ServeOptions::from_config(&config.server);
     let state = AppState::new(config, store).expect("gateway state");
     tokio::spawn(async move {
-        let _ = app::run(listener, app::app(state), stopped(stop)).await;
+        let _ =
+            pleo_gateway::server::serve(listener, app::app(state), options, stopped(stop)).await;
     })
 }
 

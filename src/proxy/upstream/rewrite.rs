@@ -19,7 +19,10 @@ use crate::{
         forwarded::{self, Forwarding},
         headers::{is_identity_header, strip_hop_by_hop},
     },
-    session::{Session, cookie::without_cookie},
+    session::{
+        Session,
+        cookie::{CookieSettings, without_cookies},
+    },
 };
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -27,8 +30,8 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What the gateway knows about a request on its way to the app.
 #[derive(Debug)]
 pub struct RequestRewrite<'a> {
-    /// Names of the gateway's cookie (as configured and as actually used).
-    pub gateway_cookies: &'a [&'a str],
+    /// The gateway's cookies, which never reach the app.
+    pub gateway_cookies: &'a CookieSettings,
     /// The session whose identity the app should see; `None` for public paths.
     pub identity: Option<&'a Session>,
     /// The request id the gateway assigned.
@@ -72,7 +75,7 @@ pub fn request_headers(mut headers: HeaderMap, rewrite: &RequestRewrite<'_>) -> 
 }
 
 /// The headers of the app's response as they go back to the browser.
-pub fn response_headers(headers: &mut HeaderMap, gateway_cookies: &[&str], upgraded: bool) {
+pub fn response_headers(headers: &mut HeaderMap, gateway_cookies: &CookieSettings, upgraded: bool) {
     strip_hop_by_hop(headers);
     let cookies: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
@@ -90,17 +93,13 @@ pub fn response_headers(headers: &mut HeaderMap, gateway_cookies: &[&str], upgra
 }
 
 /// Removes the gateway's cookie from every `Cookie` header, keeping the others.
-fn strip_gateway_cookie(headers: &mut HeaderMap, names: &[&str]) {
+fn strip_gateway_cookie(headers: &mut HeaderMap, cookies: &CookieSettings) {
     let lines: Vec<HeaderValue> = headers
         .get_all(header::COOKIE)
         .iter()
         // A line that is not text cannot be checked for our cookie, so it does not go out.
         .filter_map(|value| value.to_str().ok())
-        .filter_map(|line| {
-            names
-                .iter()
-                .try_fold(line.to_owned(), |line, name| without_cookie(&line, name))
-        })
+        .filter_map(|line| without_cookies(line, |name| cookies.is_gateway_cookie(name)))
         .filter_map(|line| HeaderValue::from_str(&line).ok())
         .collect();
     headers.remove(header::COOKIE);
@@ -112,13 +111,13 @@ fn strip_gateway_cookie(headers: &mut HeaderMap, names: &[&str]) {
 /// Whether a `Set-Cookie` would touch the gateway's cookie: same name in any case (browsers
 /// match the `__Host-` prefix case-insensitively), or nameless (`=name=value` is sent back as
 /// `name=value`, a known way to plant a cookie under another name), or not readable at all.
-fn touches_gateway_cookie(value: &HeaderValue, names: &[&str]) -> bool {
+fn touches_gateway_cookie(value: &HeaderValue, cookies: &CookieSettings) -> bool {
     let Ok(text) = value.to_str() else {
         return true;
     };
     let pair = text.split(';').next().unwrap_or_default();
     let name = pair.split_once('=').map_or("", |(name, _)| name.trim());
-    name.is_empty() || names.iter().any(|ours| name.eq_ignore_ascii_case(ours))
+    name.is_empty() || cookies.is_gateway_cookie(name)
 }
 
 /// The hop-by-hop pair a WebSocket handshake needs on both legs.
@@ -135,7 +134,10 @@ mod tests {
     use proptest::prelude::*;
     use secrecy::SecretString;
 
-    const NAMES: [&str; 2] = ["__Host-pleo-session", "pleo-session"];
+    /// Plain-HTTP settings: the cookie is `pleo-session`, configured as `__Host-pleo-session`.
+    fn names() -> CookieSettings {
+        CookieSettings::new("__Host-pleo-session", true)
+    }
 
     fn session() -> Session {
         let key = SessionHasher::new(&[crate::config::EncryptionKey::generate()]).current("x");
@@ -171,7 +173,7 @@ mod tests {
         forwarding: &'a Forwarding,
     ) -> RequestRewrite<'a> {
         RequestRewrite {
-            gateway_cookies: &NAMES,
+            gateway_cookies: Box::leak(Box::new(names())),
             identity,
             request_id,
             forwarding,
@@ -272,7 +274,7 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("content-type", "text/html"),
         ]);
-        response_headers(&mut h, &NAMES, false);
+        response_headers(&mut h, &names(), false);
         let cookies: Vec<&str> = h
             .get_all("set-cookie")
             .iter()
@@ -288,7 +290,7 @@ mod tests {
         fn the_session_cookie_never_reaches_the_app(
             others in prop::collection::vec("[a-z]{1,6}=[a-z0-9]{0,6}", 0..4),
             position in 0usize..5,
-            name in prop::sample::select(NAMES.to_vec()),
+            name in prop::sample::select(vec!["__Host-pleo-session", "pleo-session"]),
         ) {
             let mut pairs = others.clone();
             pairs.insert(position.min(pairs.len()), format!("{name}=SESSIONVALUE"));

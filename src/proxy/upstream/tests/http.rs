@@ -264,5 +264,5 @@ async fn a_slow_upload_is_not_a_slow_app_but_a_stalled_one_is_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
 }
