@@ -192,8 +192,10 @@ pub fn app(state: AppState) -> Router {
         .route("/auth/session", get(auth::session_info))
         .route("/auth/logout", post(auth::logout))
         .route("/auth/disconnect", post(auth::disconnect))
-        // Any method: nginx and Envoy send the original one; Envoy appends the original path.
+        // Any method: Envoy sends the original one (nginx's auth_request sends GET); Envoy
+        // may append the original path to `path_prefix`.
         .route("/auth/check", any(auth::check))
+        .route("/auth/check/", any(auth::check))
         .route("/auth/check/{*rest}", any(auth::check))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

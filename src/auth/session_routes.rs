@@ -161,7 +161,7 @@ pub async fn check(
 }
 
 /// Whether the request forward-auth is asked about is unsafe: the sub-request's own method
-/// (nginx and Envoy send the original one), or any `X-Forwarded-Method` (Traefik) or
+/// (Envoy sends the original one; nginx's `auth_request` always sends GET), or any `X-Forwarded-Method` (Traefik) or
 /// `X-Original-Method` value. The client may have supplied either header itself, so every
 /// value counts and an empty or unparseable one is treated as unsafe: a method the gateway
 /// cannot read is not one it can call safe.
