@@ -11,6 +11,7 @@ mod at_rest;
 mod browser;
 mod config_cli;
 mod failures;
+mod forward_auth;
 mod health;
 mod hostile;
 mod login;
