@@ -4,6 +4,7 @@
 //! production accept loop, sessions are created directly in its memory store.
 
 mod access;
+mod hostile;
 mod http;
 mod websocket;
 
