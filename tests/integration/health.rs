@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::support::{Options, StoreKind, TestEnv, json_body};
+use crate::support::{Options, SESSION_COOKIE, StoreKind, TestEnv, json_body};
 
 /// `/healthz` is 200 whenever the process serves; `/readyz` is 200 when Redis answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -36,6 +36,8 @@ async fn readyz_is_503_when_redis_is_unreachable() {
 
     // Requests that need the store are a 503 with Retry-After, never a logout; starting a
     // login needs none.
+    // A cookie shaped like a session id, so the store must be asked about it.
+    browser.set_cookie(SESSION_COOKIE, &"A".repeat(43));
     let session = browser.send(browser.get("/auth/session")).await;
     assert_eq!(session.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(session.headers().contains_key(reqwest::header::RETRY_AFTER));
