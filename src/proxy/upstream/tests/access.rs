@@ -196,3 +196,44 @@ async fn gateway_routes_are_not_proxied() {
     let response = h.http.get(h.url("/auth/session")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A session whose company Pleo has not named (introspection failed at login, and Pleo is
+/// still unreachable here) never reaches the app: 503 `subject_unknown` with `Retry-After`, and
+/// the retry backs off instead of asking Pleo on every request.
+#[tokio::test]
+async fn a_session_without_a_subject_never_reaches_the_app() {
+    let h = Harness::start().await;
+    let now = crate::session::now_ms();
+    let (id, _) = h
+        .state
+        .sessions
+        .create(crate::session::SessionData {
+            access_token: secrecy::SecretString::from(super::PLEO_TOKEN),
+            refresh_token: None,
+            access_expires_at_ms: now + 3_600_000,
+            access_lifetime_ms: 3_600_000,
+            subject: None,
+            scopes: vec!["users:read".into()],
+            created_at_ms: now,
+        })
+        .await
+        .unwrap();
+    let cookie = format!("{}={}", h.state.cookies.name, id.as_str());
+    for attempt in 0..2 {
+        let response = h
+            .http
+            .get(h.url("/whoami"))
+            .header(header::COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}"
+        );
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "subject_unknown");
+    }
+}
