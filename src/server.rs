@@ -4,11 +4,12 @@
 //!
 //! **Connection limit.** At most `max_connections` client connections are open at once. When
 //! the limit is reached the loop stops accepting, so further connections wait in the kernel's
-//! accept queue (which costs this process nothing), and it asks the oldest open connection to
-//! close gracefully: an idle or half-sent one (a slowloris client) closes at once, one in the
-//! middle of a request finishes its response first. Holding connections open therefore cannot
-//! starve new clients, and memory stays bounded by the limit times the per-connection cost
-//! (about 20 KiB with a full 16 KiB head; see the README's security model).
+//! accept queue (which costs this process nothing), and it closes the oldest open connection:
+//! one that never completed a request head (a slowloris client) is dropped at once, an idle
+//! keep-alive one closes at once, one in the middle of a request finishes its response first.
+//! Holding connections open therefore cannot starve new clients, and memory stays bounded by
+//! the limit times the per-connection cost (about 28 KiB with a 15 KB head held open; see the
+//! README's security model).
 //!
 //! `axum::serve` exposes none of the limits, so the loop is written out here (as mini-redis'
 //! `server::run` does): the caller binds the listener and supplies the shutdown future, which
@@ -18,7 +19,10 @@ use std::{
     collections::BTreeMap,
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -115,9 +119,15 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = router.clone().map_request(move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
-                    request
+                // Set once hyper has parsed a first request head on this connection.
+                let served = Arc::new(AtomicBool::new(false));
+                let service = router.clone().map_request({
+                    let served = Arc::clone(&served);
+                    move |mut request: Request<Incoming>| {
+                        served.store(true, Ordering::Relaxed);
+                        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
+                        request
+                    }
                 });
                 let connection = http
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
@@ -136,6 +146,15 @@ pub async fn serve(
                                 _ = close => {}
                             }
                         } => {
+                            // hyper's graceful shutdown waits for a half-read first request
+                            // head (a slowloris client) until the header timeout. A connection
+                            // that never got a request has nothing to finish: drop it now. (The
+                            // connection is polled only here, so no request can start between
+                            // this check and the drop.) Otherwise let the response in progress
+                            // finish; an idle keep-alive connection closes at once.
+                            if !served.load(Ordering::Relaxed) {
+                                return finish(&table, id, alive);
+                            }
                             connection.as_mut().graceful_shutdown();
                             connection.await
                         }
@@ -143,8 +162,7 @@ pub async fn serve(
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    table.remove(id);
-                    drop(alive);
+                    finish(&table, id, alive);
                 });
             }
             () = &mut shutdown => break,
@@ -160,6 +178,12 @@ pub async fn serve(
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
     Ok(())
+}
+
+/// A connection's task is over: it leaves the table, and the shutdown wait counts it done.
+fn finish(table: &ConnectionTable, id: u64, alive: tokio::sync::mpsc::Sender<()>) {
+    table.remove(id);
+    drop(alive);
 }
 
 /// The open connections, oldest first, each with the means to ask it to close.

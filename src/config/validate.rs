@@ -29,9 +29,9 @@ const DEFAULT_MAX_HEADER_BYTES: &str = "16KiB";
 /// Bounds of `server.max_header_bytes`: below 1 KiB real browsers' cookies do not fit; above
 /// 1 MiB a header limit no longer protects memory.
 const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 20);
-/// Default `server.max_connections`: at the measured worst case per connection (a full 16 KiB
-/// request head held open, see the README's security model) this stays inside the shipped
-/// 64 MiB memory limit.
+/// Default `server.max_connections`: at the measured cost per connection (about 28 KiB with a
+/// 15 KB request head held open, see the README's security model) this stays inside the
+/// shipped 64 MiB memory limit.
 const DEFAULT_MAX_CONNECTIONS: &str = "1024";
 /// Default `server.auth_rate_per_client`: a person with several tabs and retries never gets
 /// near it; a script hammering `/auth/login` does at once.
