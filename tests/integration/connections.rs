@@ -1,5 +1,6 @@
-//! Slowloris: connections that hold an unfinished request head must neither take the gateway
-//! past its container's memory limit nor lock real clients out.
+//! The real binary under anonymous load: slowloris connections that hold an unfinished request
+//! head must neither take the gateway past its container's memory limit nor lock real clients
+//! out, and anonymous logins must not grow the process at all.
 //!
 //! **The finding.** 6,000 connections, each holding a 15 KB request head that never ends, took
 //! the gateway's resident set from 30 MB to 151 MB. The shipped Kubernetes manifest
@@ -213,6 +214,69 @@ async fn slowloris_connections_stay_within_the_memory_bound_and_real_requests_st
     );
 }
 
+/// Anonymous logins against the binary with the in-memory store: 20,000 `/auth/login` requests
+/// with a 2 KiB `return_to` leave the process's memory where it was (the Redis store's 50,000
+/// are in `hostile::anonymous_logins_leave_no_server_state`). Before, each stored a
+/// pending login of about 2.7 KB for ten minutes (about 100,000 requests took RSS from 9 MB to
+/// 270 MB, after which real logins got 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anonymous_logins_do_not_grow_the_process() {
+    let mut gateway = Gateway::start_with(&[
+        // Rate limits would refuse most of this from one address; they are tested elsewhere.
+        ("PLEO_GATEWAY__SERVER__AUTH_RATE_PER_CLIENT", "off"),
+        ("PLEO_GATEWAY__SERVER__AUTH_RATE_GLOBAL", "off"),
+    ]);
+    gateway.wait_until_ready().await;
+    let url = format!(
+        "http://{}/auth/login?return_to=/reports?q={}",
+        gateway.address,
+        "x".repeat(2000)
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let round = |count: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            futures_util::stream::iter(0..count)
+                .map(|_| {
+                    let (client, url) = (client.clone(), url.clone());
+                    async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+                })
+                .buffer_unordered(16)
+                .filter(|status| std::future::ready(!matches!(status, Ok(302))))
+                .count()
+                .await
+        }
+    };
+    // A first round warms the allocator and the connection buffers up: the baseline.
+    assert_eq!(round(2_000).await, 0, "every login redirects");
+    let baseline = gateway.memory("VmRSS");
+    let sampler = Sampler::start(gateway.pid());
+    let started = Instant::now();
+    assert_eq!(round(20_000).await, 0, "every login redirects");
+    let peak = sampler.finish().rss.max(gateway.memory("VmRSS"));
+    println!(
+        "20,000 anonymous logins in {:.1?}: RSS {:.1} MiB before, peak {:.1} MiB",
+        started.elapsed(),
+        baseline as f64 / MIB,
+        peak as f64 / MIB
+    );
+    assert!(
+        peak <= baseline + ANONYMOUS_GROWTH_ALLOWANCE,
+        "20,000 anonymous logins grew RSS from {:.1} to {:.1} MiB: something is kept per login",
+        baseline as f64 / MIB,
+        peak as f64 / MIB
+    );
+}
+
+/// Bytes in a MiB, for messages.
+const MIB: f64 = 1024.0 * 1024.0;
+/// What an allocator may take on top of a warmed-up baseline during a burst, with nothing kept
+/// per request; the old pending-login store grew by about 50 MiB for 20,000 logins.
+const ANONYMOUS_GROWTH_ALLOWANCE: u64 = 8 * 1024 * 1024;
+
 /// What became of one attack connection.
 enum Outcome {
     /// Connected and the unfinished head written; the socket is held open.
@@ -285,6 +349,11 @@ impl Gateway {
     /// Starts `pleo-gateway` (no subcommand: it serves) on a free loopback port, configured only
     /// by environment, with the in-memory store and no metrics listener.
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Gateway::start`], with further `PLEO_GATEWAY__…` variables.
+    fn start_with(extra: &[(&str, &str)]) -> Self {
         let address = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
             probe.local_addr().expect("local address")
@@ -305,6 +374,7 @@ impl Gateway {
             .env("PLEO_GATEWAY__PLEO__API_URL", unused_pleo)
             .env("PLEO_GATEWAY__SESSION__STORE", "memory")
             .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
