@@ -134,7 +134,8 @@ impl Sessions {
         }
     }
 
-    /// The backend, for readiness checks.
+    /// The backend, for readiness checks (`/readyz` pings it and names its kind) — and for
+    /// nothing else: sessions, refresh locks and back-offs go through the typed methods here.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -297,5 +298,63 @@ impl Sessions {
     pub async fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.cache.remove(key);
         self.store.delete(key.as_str()).await
+    }
+
+    // The refresh lock and back-off of a session, shared by every replica (README, "Tokens and
+    // refresh"). Used by `crate::token::refresh`; the store keeps them apart from the session
+    // record, so taking the lock never conflicts with a session write.
+
+    /// Takes the session's refresh lock if nobody holds it (`SET NX PX`), for `ttl`. `owner` is
+    /// a random token naming the holder: only it can extend or release the lock.
+    pub async fn lock_refresh(
+        &self,
+        key: &SessionKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.store.try_lock(key.as_str(), owner, ttl).await
+    }
+
+    /// Extends the refresh lock `owner` holds to `ttl` from now; false when it is no longer
+    /// theirs (it expired, and maybe another replica took it).
+    pub async fn extend_refresh_lock(
+        &self,
+        key: &SessionKey,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.store.extend_lock(key.as_str(), owner, ttl).await
+    }
+
+    /// Releases the refresh lock if `owner` still holds it.
+    pub async fn unlock_refresh(&self, key: &SessionKey, owner: &str) -> Result<(), StoreError> {
+        self.store.unlock(key.as_str(), owner).await
+    }
+
+    /// Records a transient refresh failure at `now_ms`; returns how long every replica now waits
+    /// before the next attempt (doubling with each failure, see [`BackoffPolicy`]).
+    pub async fn record_refresh_failure(
+        &self,
+        key: &SessionKey,
+        policy: BackoffPolicy,
+        now_ms: u64,
+    ) -> Result<Duration, StoreError> {
+        self.store
+            .record_refresh_failure(key.as_str(), policy, now_ms)
+            .await
+    }
+
+    /// How long after `now_ms` the next refresh attempt is allowed, if a back-off is running.
+    pub async fn refresh_backoff(
+        &self,
+        key: &SessionKey,
+        now_ms: u64,
+    ) -> Result<Option<Duration>, StoreError> {
+        self.store.refresh_backoff(key.as_str(), now_ms).await
+    }
+
+    /// Forgets the session's refresh failures (after a successful refresh).
+    pub async fn clear_refresh_backoff(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.store.clear_refresh_backoff(key.as_str()).await
     }
 }

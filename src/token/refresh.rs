@@ -298,7 +298,6 @@ impl RefreshCoordinator {
         want: &Want,
     ) -> Result<Session, RefreshError> {
         let owner = random_token();
-        let store = self.sessions.store();
         let give_up_at = std::time::Instant::now() + self.lock_wait;
         let mut pause = Duration::from_millis(20);
         // Requests that queued behind this replica's refresh find its result in the session
@@ -314,15 +313,19 @@ impl RefreshCoordinator {
             if !self.still_needed(&current, want) {
                 return Ok(current);
             }
-            if let Some(retry_after) = store.refresh_backoff(key.as_str(), now_ms()).await? {
+            if let Some(retry_after) = self.sessions.refresh_backoff(key, now_ms()).await? {
                 return Err(RefreshError::Unavailable {
                     reason: "backing off after a failed refresh".into(),
                     retry_after,
                 });
             }
-            if store.try_lock(key.as_str(), &owner, self.lock_ttl).await? {
+            if self
+                .sessions
+                .lock_refresh(key, &owner, self.lock_ttl)
+                .await?
+            {
                 let result = self.refresh_holding_lock(key, want, &owner).await;
-                if let Err(e) = store.unlock(key.as_str(), &owner).await {
+                if let Err(e) = self.sessions.unlock_refresh(key, &owner).await {
                     // It expires on its own after lock_ttl.
                     tracing::warn!(session = key.short(), error = %e, "could not release the refresh lock");
                 }
@@ -380,11 +383,7 @@ impl RefreshCoordinator {
                     .store_refreshed(key, current, data, refresh_token.expose_secret(), owner)
                     .await;
                 if stored.is_ok()
-                    && let Err(e) = self
-                        .sessions
-                        .store()
-                        .clear_refresh_backoff(key.as_str())
-                        .await
+                    && let Err(e) = self.sessions.clear_refresh_backoff(key).await
                 {
                     tracing::debug!(session = key.short(), error = %e, "could not clear the refresh back-off");
                 }
@@ -413,8 +412,7 @@ impl RefreshCoordinator {
                 // already be spent — hammering the endpoint with it helps nobody.
                 let retry_after = self
                     .sessions
-                    .store()
-                    .record_refresh_failure(key.as_str(), BACKOFF, now_ms())
+                    .record_refresh_failure(key, BACKOFF, now_ms())
                     .await
                     .unwrap_or(REFRESH_RETRY_AFTER);
                 tracing::warn!(session = key.short(), error = %e, retry_in = ?retry_after, "refresh failed transiently; session kept");
@@ -442,7 +440,7 @@ impl RefreshCoordinator {
             tokio::select! {
                 result = &mut refresh => return result,
                 _ = ticker.tick() => {
-                    match self.sessions.store().extend_lock(key.as_str(), owner, self.lock_ttl).await {
+                    match self.sessions.extend_refresh_lock(key, owner, self.lock_ttl).await {
                         Ok(true) => {}
                         Ok(false) => tracing::warn!(session = key.short(), "refresh lock lost while refreshing"),
                         Err(e) => tracing::warn!(session = key.short(), error = %e, "could not extend the refresh lock"),
@@ -478,8 +476,7 @@ impl RefreshCoordinator {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     let _ = self
                         .sessions
-                        .store()
-                        .extend_lock(key.as_str(), owner, self.lock_ttl)
+                        .extend_refresh_lock(key, owner, self.lock_ttl)
                         .await;
                     continue;
                 }
