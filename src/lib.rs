@@ -9,16 +9,21 @@
 
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod mock_pleo;
+pub mod pleo_api;
 pub mod proxy;
+pub mod rate_limit;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 pub mod token;
+pub mod upstream;

@@ -8,6 +8,5 @@ mod pleo;
 mod upstream;
 pub mod websocket;
 
-pub use pleo::{map_pleo_error, pleo_api_url, proxy_to_pleo};
-pub use upstream::{UpstreamClient, proxy_to_upstream, same_origin_or_csrf_header};
-pub use websocket::WebSocketRegistry;
+pub use pleo::proxy_to_pleo;
+pub use upstream::proxy_to_upstream;

@@ -11,12 +11,11 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::{
-    current_session,
+    guard::current_session,
     pending::{MAX_RETURN_TO_BYTES, PendingLogin, PendingLogins, logins_to_evict},
     return_to::sanitize_return_to,
 };
 use crate::{
-    app::AppState,
     error::{GatewayError, QueryParams, redirect},
     proxy::forwarded,
     session::{
@@ -25,6 +24,7 @@ use crate::{
         id::random_token,
         now_ms,
     },
+    state::AppState,
     token::TokenError,
 };
 
@@ -215,7 +215,11 @@ async fn finish_login(
             .unwrap_or_else(|| state.config.pleo.scopes.clone()),
         created_at_ms: issued,
     };
-    match super::session_routes::introspect(state, data.access_token.expose_secret()).await {
+    match state
+        .pleo_api
+        .introspect(data.access_token.expose_secret())
+        .await
+    {
         Ok(who) => {
             data.subject = Some(who.subject);
             if !who.scopes.is_empty() {

@@ -8,69 +8,16 @@
 //! retried on later requests, at most once per back-off interval per session (1 s doubling to
 //! 60 s, per replica), and the caller gets 503 with `Retry-After` until it succeeds.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
 use secrecy::ExposeSecret;
 
-use super::session_routes::{fresh_session, introspect};
+use super::guard::fresh_session;
 use crate::{
-    app::AppState,
     error::GatewayError,
-    session::{CasOutcome, Session, SessionKey},
+    session::{CasOutcome, Session},
+    state::AppState,
 };
-
-/// First back-off after a failed introspection; doubled per failure up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest back-off between introspection attempts for one session.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Most sessions remembered at once; only logged-in sessions whose introspection failed are
-/// ever entered, so reaching this means Pleo has been failing for many users: start afresh.
-const MAX_TRACKED: usize = 10_000;
-
-/// Per-session back-off of introspection retries on this replica.
-#[derive(Debug, Default)]
-pub struct SubjectRetries {
-    failures: Mutex<HashMap<SessionKey, (u32, Instant)>>,
-}
-
-impl SubjectRetries {
-    /// `Some(wait)` while `key` is backing off.
-    fn backing_off(&self, key: &SessionKey, now: Instant) -> Option<Duration> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, next) = failures.get(key)?;
-        (*next > now).then(|| *next - now)
-    }
-
-    /// Records a failure; returns how long to wait before the next attempt.
-    fn failed(&self, key: &SessionKey, now: Instant) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if failures.len() >= MAX_TRACKED && !failures.contains_key(key) {
-            failures.clear();
-        }
-        let count = failures.get(key).map_or(0, |(count, _)| *count);
-        let wait = backoff(count);
-        failures.insert(key.clone(), (count.saturating_add(1), now + wait));
-        wait
-    }
-
-    fn succeeded(&self, key: &SessionKey) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-    }
-}
-
-/// The wait after `failures` earlier failures: 1 s, 2 s, 4 s, … 60 s.
-fn backoff(failures: u32) -> Duration {
-    FIRST_BACKOFF
-        .saturating_mul(1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX))
-        .min(MAX_BACKOFF)
-}
 
 /// Returns `session` with its subject known: as it is, or after asking Pleo again (and storing
 /// the answer). 503 with `Retry-After` while Pleo cannot say.
@@ -83,7 +30,11 @@ pub async fn require_subject(state: &AppState, session: Session) -> Result<Sessi
         return Err(GatewayError::SubjectUnknown { retry_after });
     }
     let session = fresh_session(state, session).await?;
-    let who = match introspect(state, session.data.access_token.expose_secret()).await {
+    let who = match state
+        .pleo_api
+        .introspect(session.data.access_token.expose_secret())
+        .await
+    {
         Ok(who) => who,
         Err(e) => {
             let retry_after = state.subject_retries.failed(&key, Instant::now());
@@ -110,35 +61,4 @@ pub async fn require_subject(state: &AppState, session: Session) -> Result<Sessi
     }
     tracing::info!(session = key.short(), "the session's subject is now known");
     Ok(updated)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_a_minute() {
-        let waits: Vec<u64> = (0..9).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn a_failure_backs_off_and_a_success_forgets() {
-        let retries = SubjectRetries::default();
-        let key = crate::session::SessionHasher::new(&[crate::config::EncryptionKey::generate()])
-            .current("id");
-        let now = Instant::now();
-        assert!(retries.backing_off(&key, now).is_none());
-        assert_eq!(retries.failed(&key, now), Duration::from_secs(1));
-        assert!(retries.backing_off(&key, now).is_some());
-        assert!(
-            retries
-                .backing_off(&key, now + Duration::from_secs(1))
-                .is_none()
-        );
-        assert_eq!(retries.failed(&key, now), Duration::from_secs(2));
-        retries.succeeded(&key);
-        assert!(retries.backing_off(&key, now).is_none());
-    }
 }

@@ -12,10 +12,14 @@ use url::Url;
 
 use super::headers;
 use crate::{
-    app::AppState,
-    auth::{fresh_session, is_unsafe, refresh_error, require_csrf_header, require_session},
+    auth::{
+        csrf::{is_unsafe, require_csrf_header},
+        guard::{fresh_session, refresh_error, require_session},
+    },
     error::GatewayError,
+    pleo_api,
     session::Session,
+    state::AppState,
 };
 
 /// Bodies up to this size are buffered so the request can be replayed once after a 401 (a token
@@ -46,7 +50,7 @@ pub async fn proxy_to_pleo(
             "the Pleo API path must not contain `.` or `..` segments".into(),
         ));
     }
-    let url = pleo_api_url(&state, path, parts.uri.query())?;
+    let url = state.pleo_api.url(path, parts.uri.query())?;
     let content_length = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -113,15 +117,18 @@ async fn send(
 ) -> Result<reqwest::Response, GatewayError> {
     let request = state
         .pleo_api
-        .request(method.clone(), url.clone())
+        .request(
+            method.clone(),
+            url.clone(),
+            session.data.access_token.expose_secret(),
+        )
         .headers(headers.clone())
-        .bearer_auth(session.data.access_token.expose_secret())
         .body(body);
     // The whole exchange up to the response head is bounded; the body then streams, bounded by
     // the client's read timeout between chunks.
-    match tokio::time::timeout(state.config.pleo.request_timeout, request.send()).await {
+    match tokio::time::timeout(state.pleo_api.timeout(), request.send()).await {
         Ok(Err(e)) if exceeded_body_limit(&e) => Err(GatewayError::BodyTooLarge),
-        Ok(result) => result.map_err(map_pleo_error),
+        Ok(result) => result.map_err(pleo_api::map_error),
         Err(_) => Err(GatewayError::PleoTimeout),
     }
 }
@@ -152,28 +159,4 @@ fn into_response(upstream: reqwest::Response) -> Response {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     }
     response
-}
-
-/// Classifies an outbound failure: timeouts are 504, everything else 502.
-pub fn map_pleo_error(error: reqwest::Error) -> GatewayError {
-    if error.is_timeout() {
-        GatewayError::PleoTimeout
-    } else {
-        tracing::warn!(error = %error, "Pleo API request failed");
-        GatewayError::PleoUnreachable
-    }
-}
-
-/// `{api_url}{path}?{query}`. `path` starts with `/`; the query is passed through as sent.
-pub fn pleo_api_url(
-    state: &AppState,
-    path: &str,
-    query: Option<&str>,
-) -> Result<Url, GatewayError> {
-    let base = state.config.pleo.api_url.as_str().trim_end_matches('/');
-    let path = if path.starts_with('/') { path } else { "/" };
-    let mut url = Url::parse(&format!("{base}{path}"))
-        .map_err(|_| GatewayError::BadRequest("the Pleo API path is not valid".into()))?;
-    url.set_query(query);
-    Ok(url)
 }

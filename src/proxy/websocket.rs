@@ -5,24 +5,20 @@
 //! gateway adds no per-message cost. Closing therefore drops both TCP connections rather than
 //! sending a close frame: a frame injected mid-stream could corrupt one the app is writing.
 //!
-//! A socket outlives the request that opened it, so the session check at upgrade is not
-//! enough: [`WebSocketRegistry`] lets logout and disconnect on this replica close the session's
+//! The upgrade's `Origin` is checked by [`crate::auth::csrf::origin_allowed`]. A socket
+//! outlives the request that opened it, so the session check at upgrade is not enough:
+//! [`crate::upstream::WebSocketRegistry`] lets logout and disconnect on this replica close the session's
 //! sockets at once, and every socket also re-reads its session every [`SESSION_RECHECK`] so a
 //! logout on another replica, an expiry or a grant Pleo ended closes it too.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, Method, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
-use url::Url;
 
-use crate::{app::AppState, session::SessionKey};
+use crate::{session::SessionKey, state::AppState};
 
 /// How often an open socket re-reads its session (one store read per socket per period).
 pub const SESSION_RECHECK: Duration = Duration::from_secs(30);
@@ -41,61 +37,6 @@ pub fn is_websocket_upgrade(method: &Method, headers: &HeaderMap) -> bool {
     method == Method::GET
         && has_token(header::UPGRADE, "websocket")
         && has_token(header::CONNECTION, "upgrade")
-}
-
-/// Whether the upgrade comes from a page on the gateway's own origin. Browsers always send
-/// `Origin` on WebSocket handshakes and the cookie rides along cross-site, so without this any
-/// site could open a socket as the user (cross-site WebSocket hijacking).
-pub fn origin_allowed(headers: &HeaderMap, public_url: &Url) -> bool {
-    let expected = public_url.origin().ascii_serialization();
-    headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|origin| origin.eq_ignore_ascii_case(&expected))
-}
-
-/// Open sockets per session, so a logout can close them. Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct WebSocketRegistry {
-    sessions: Arc<Mutex<HashMap<SessionKey, watch::Sender<bool>>>>,
-}
-
-impl WebSocketRegistry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Signals every open socket of the session `key` to close.
-    pub fn close_websockets(&self, key: &SessionKey) {
-        let sender = self
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
-        if let Some(sender) = sender {
-            let _ = sender.send(true);
-        }
-    }
-
-    /// How many sessions have open sockets (for tests and diagnostics).
-    pub fn open_sessions(&self) -> usize {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        sessions.retain(|_, sender| !sender.is_closed());
-        sessions.len()
-    }
-
-    /// A receiver that turns `true` when the session is closed.
-    fn register(&self, key: &SessionKey) -> watch::Receiver<bool> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        // Sessions whose sockets have all gone hold no receivers; forget them here rather than
-        // from each socket's task, which keeps the lock out of the hot path.
-        sessions.retain(|_, sender| !sender.is_closed());
-        sessions
-            .entry(key.clone())
-            .or_insert_with(|| watch::channel(false).0)
-            .subscribe()
-    }
 }
 
 /// Splices the browser's and the app's upgraded connections in a background task, until
@@ -175,40 +116,5 @@ mod tests {
             &Method::GET,
             &headers(&[("upgrade", "websocket")])
         ));
-    }
-
-    #[test]
-    fn only_the_public_origin_may_open_a_socket() {
-        let public = Url::parse("https://app.example.com").unwrap();
-        let with = |origin: &'static str| headers(&[("origin", origin)]);
-        assert!(origin_allowed(&with("https://app.example.com"), &public));
-        assert!(!origin_allowed(
-            &with("https://app.example.com.evil"),
-            &public
-        ));
-        assert!(!origin_allowed(&with("http://app.example.com"), &public));
-        assert!(!origin_allowed(&with("null"), &public));
-        assert!(!origin_allowed(&HeaderMap::new(), &public));
-        let local = Url::parse("http://127.0.0.1:8080").unwrap();
-        assert!(origin_allowed(&with("http://127.0.0.1:8080"), &local));
-        assert!(!origin_allowed(&with("http://127.0.0.1:9090"), &local));
-    }
-
-    #[tokio::test]
-    async fn closing_a_session_signals_only_its_sockets() {
-        let registry = WebSocketRegistry::new();
-        let hasher =
-            crate::session::SessionHasher::new(&[crate::config::EncryptionKey::generate()]);
-        let (a, b) = (hasher.current("a"), hasher.current("b"));
-        let mut a1 = registry.register(&a);
-        let a2 = registry.register(&a);
-        let b1 = registry.register(&b);
-        assert_eq!(registry.open_sessions(), 2);
-        registry.close_websockets(&a);
-        assert!(a1.wait_for(|c| *c).await.is_ok());
-        assert!(*a2.borrow());
-        assert!(!*b1.borrow());
-        drop(b1);
-        assert_eq!(registry.open_sessions(), 0);
     }
 }

@@ -14,7 +14,7 @@
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::{
-    auth::identity_headers,
+    auth::guard::identity_headers,
     proxy::{
         forwarded::{self, Forwarding},
         headers::{is_identity_header, strip_hop_by_hop},

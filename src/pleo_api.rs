@@ -1,0 +1,159 @@
+//! The Pleo API client: the one place that joins Pleo API URLs, sends requests with a session's
+//! bearer token, maps failures to responses, asks Pleo who a token belongs to
+//! (`GET /v1/introspect`) and deletes the installation (`DELETE /v1/installations/me`).
+//!
+//! Built once at start-up (a pooled client); both the Pleo proxy and the `/auth/*` routes use it.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::Deserialize;
+use url::Url;
+
+use crate::{config::PleoConfig, error::GatewayError};
+
+/// The pooled client for `pleo.api_url`.
+#[derive(Debug)]
+pub struct PleoApi {
+    client: reqwest::Client,
+    /// `api_url` without a trailing slash, so paths starting with `/` can be appended.
+    base: String,
+    timeout: Duration,
+}
+
+/// Who a token belongs to, from `GET /v1/introspect`.
+#[derive(Debug)]
+pub struct Identity {
+    /// The company or organisation URN.
+    pub subject: String,
+    /// The granted scopes.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct IntrospectEnvelope {
+    data: IntrospectData,
+}
+
+#[derive(Deserialize)]
+struct IntrospectData {
+    #[serde(rename = "subjectURN")]
+    subject_urn: String,
+    #[serde(default)]
+    scope: String,
+}
+
+impl PleoApi {
+    /// The client for `config.api_url`: no redirects followed, connect and read timeouts.
+    pub fn new(config: &PleoConfig) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            base: config.api_url.as_str().trim_end_matches('/').to_owned(),
+            timeout: config.request_timeout,
+        })
+    }
+
+    /// `{api_url}{path}?{query}`. `path` starts with `/` (anything else becomes `/`); the query
+    /// is passed through as sent.
+    pub fn url(&self, path: &str, query: Option<&str>) -> Result<Url, GatewayError> {
+        let path = if path.starts_with('/') { path } else { "/" };
+        let mut url = Url::parse(&format!("{}{path}", self.base))
+            .map_err(|_| GatewayError::BadRequest("the Pleo API path is not valid".into()))?;
+        url.set_query(query);
+        Ok(url)
+    }
+
+    /// A request with `access_token` as the bearer; the caller adds headers and body.
+    pub fn request(&self, method: Method, url: Url, access_token: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, url).bearer_auth(access_token)
+    }
+
+    /// Deadline for a whole call up to the response head (`pleo.request_timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Asks Pleo who `access_token` belongs to.
+    pub async fn introspect(&self, access_token: &str) -> anyhow::Result<Identity> {
+        let url = self
+            .url("/v1/introspect", None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let response = self
+            .request(Method::GET, url, access_token)
+            .timeout(self.timeout)
+            .send()
+            .await?
+            .error_for_status()?;
+        let envelope: IntrospectEnvelope = response.json().await?;
+        Ok(Identity {
+            subject: envelope.data.subject_urn,
+            scopes: envelope
+                .data
+                .scope
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    /// `DELETE /v1/installations/me`: Pleo's only revocation.
+    pub async fn delete_installation(
+        &self,
+        access_token: &str,
+    ) -> Result<reqwest::Response, GatewayError> {
+        let url = self.url("/v1/installations/me", None)?;
+        self.request(Method::DELETE, url, access_token)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(map_error)
+    }
+}
+
+/// Classifies an outbound failure: timeouts are 504, everything else 502.
+pub fn map_error(error: reqwest::Error) -> GatewayError {
+    if error.is_timeout() {
+        GatewayError::PleoTimeout
+    } else {
+        tracing::warn!(error = %error, "Pleo API request failed");
+        GatewayError::PleoUnreachable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(base: &str) -> PleoApi {
+        PleoApi {
+            client: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn paths_are_appended_to_the_base_path_and_queries_kept() {
+        let api = api("https://external.pleo.io/");
+        assert_eq!(
+            api.url("/v2/employees", Some("limit=5")).unwrap().as_str(),
+            "https://external.pleo.io/v2/employees?limit=5"
+        );
+        let nested = self::api("http://127.0.0.1:9/pleo-api");
+        assert_eq!(
+            nested.url("/v1/introspect", None).unwrap().as_str(),
+            "http://127.0.0.1:9/pleo-api/v1/introspect"
+        );
+        assert_eq!(
+            nested.url("no-slash", None).unwrap().as_str(),
+            "http://127.0.0.1:9/pleo-api/"
+        );
+    }
+}

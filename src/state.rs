@@ -1,0 +1,159 @@
+//! What every handler shares, and how it is built from the configuration: the state the
+//! router in [`crate::app`] takes and hands to each handler.
+
+use std::sync::Arc;
+
+use crate::{
+    auth::pending::{MAX_RETURN_TO_BYTES, PendingLogins},
+    backoff::KeyedBackoff,
+    config::{Config, SessionStoreKind},
+    pleo_api::PleoApi,
+    rate_limit::LoginRateLimiter,
+    session::{
+        SessionHasher, SessionKey, Sessions, Store, cookie::CookieSettings,
+        memory_store::MemoryStore, redis_store::RedisStore,
+    },
+    token::{PleoOAuth, RefreshCoordinator, TokenCipher},
+    upstream::{UpstreamClient, WebSocketRegistry},
+};
+
+/// Everything handlers share. Cheap to clone: every field is reference-counted.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Session storage.
+    pub sessions: Sessions,
+    /// Seals and opens the pending-login cookies (logins in progress live in the browser).
+    pub logins: Arc<PendingLogins>,
+    /// Rate limits of `/auth/login` and `/auth/callback`.
+    pub login_limiter: Arc<LoginRateLimiter>,
+    /// Back-off of introspection retries for sessions whose subject is not known yet.
+    pub subject_retries: Arc<KeyedBackoff<SessionKey>>,
+    /// Pleo's authorisation server.
+    pub oauth: Arc<PleoOAuth>,
+    /// Single-flight token refresh.
+    pub refresher: Arc<RefreshCoordinator>,
+    /// How the session cookie is written.
+    pub cookies: Arc<CookieSettings>,
+    /// The Pleo API client, built once.
+    pub pleo_api: Arc<PleoApi>,
+    /// Pooled client for the internal app, built once; `None` without `proxy.upstream`.
+    pub upstream: Option<Arc<UpstreamClient>>,
+    /// Open WebSocket connections to the app per session, so logging out closes them.
+    pub websockets: WebSocketRegistry,
+}
+
+impl AppState {
+    /// Builds the state around an already-opened store.
+    pub fn new(config: Config, store: Store) -> anyhow::Result<Self> {
+        let keys = if config.session.encryption_keys.is_empty() {
+            // Only reachable with the memory store (validation requires keys for Redis):
+            // sessions die with the process anyway, so a key that does too is fine.
+            vec![crate::config::EncryptionKey::generate()]
+        } else {
+            config.session.encryption_keys.clone()
+        };
+        let cipher =
+            TokenCipher::new(&keys).ok_or_else(|| anyhow::anyhow!("no session encryption key"))?;
+        let sessions = Sessions::new(
+            store,
+            cipher,
+            SessionHasher::new(&keys),
+            config.session.idle_timeout,
+            config.session.absolute_timeout,
+        );
+        let logins = Arc::new(
+            PendingLogins::new(&keys, config.session.login_state_ttl)
+                .ok_or_else(|| anyhow::anyhow!("no session encryption key"))?,
+        );
+        let login_limiter = Arc::new(LoginRateLimiter::new(
+            config.server.auth_rate_per_client,
+            config.server.auth_rate_global,
+        ));
+        let oauth = Arc::new(PleoOAuth::new(&config)?);
+        let refresher = Arc::new(RefreshCoordinator::new(
+            Arc::clone(&oauth),
+            sessions.clone(),
+            config.pleo.refresh_before_expiry,
+            config.pleo.request_timeout,
+        ));
+        if config.pleo.proactive_refresh {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                refresher.spawn_proactive_refresh();
+            } else {
+                tracing::warn!("pleo.proactive_refresh needs a running Tokio runtime; disabled");
+            }
+        }
+        let cookies = Arc::new(CookieSettings::new(
+            &config.session.cookie_name,
+            config.is_plain_http(),
+        ));
+        if config.is_plain_http() {
+            tracing::warn!(
+                cookie = %cookies.name,
+                "public_url is plain http: the session cookie is sent without Secure and without the __Host- prefix; use this for local development only"
+            );
+        }
+        let pleo_api = Arc::new(PleoApi::new(&config.pleo)?);
+        let upstream = match &config.proxy.upstream {
+            Some(url) => Some(Arc::new(UpstreamClient::new(
+                url,
+                config.proxy.upstream_timeout,
+                config.proxy.upstream_max_connections,
+            )?)),
+            None => None,
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            sessions,
+            logins,
+            login_limiter,
+            subject_retries: Arc::default(),
+            oauth,
+            refresher,
+            cookies,
+            pleo_api,
+            upstream,
+            websockets: WebSocketRegistry::new(),
+        })
+    }
+
+    /// The URL to send a user to for logging in, returning to `return_to` afterwards.
+    pub fn login_url(&self, return_to: &str) -> String {
+        // A return path too long to keep through the login drops its query, then itself.
+        let return_to = if return_to.len() <= MAX_RETURN_TO_BYTES {
+            return_to
+        } else {
+            return_to
+                .split_once('?')
+                .map(|(path, _)| path)
+                .filter(|path| path.len() <= MAX_RETURN_TO_BYTES)
+                .unwrap_or("/")
+        };
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("return_to", return_to)
+            .finish();
+        format!("/auth/login?{query}")
+    }
+}
+
+/// Opens the configured session store.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    use secrecy::ExposeSecret;
+    Ok(match config.session.store {
+        SessionStoreKind::Memory => {
+            tracing::warn!(
+                "session.store = \"memory\": sessions live in this process only; do not run more than one replica"
+            );
+            Store::Memory(MemoryStore::new())
+        }
+        SessionStoreKind::Redis => Store::Redis(
+            RedisStore::connect(
+                config.session.redis_url.expose_secret(),
+                &config.session.key_prefix,
+            )
+            .await?,
+        ),
+    })
+}

@@ -1,0 +1,180 @@
+//! The app behind the gateway (`proxy.upstream`): a pooled HTTP/1.1 client built once, with a
+//! bounded number of connections in use (`proxy.upstream_max_connections`), and the limits on
+//! request bodies on their way to it ([`body`]). The route that uses it is
+//! [`crate::proxy::proxy_to_upstream`]; open WebSockets are tracked in [`websockets`].
+
+pub mod body;
+pub mod websockets;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::body::{Body, Bytes, HttpBody};
+use http::{Request, Uri};
+use http_body_util::LengthLimitError;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use url::Url;
+
+use crate::error::GatewayError;
+
+pub use websockets::WebSocketRegistry;
+
+/// Longest wait for a TCP connection to the app (capped by `proxy.upstream_timeout`). The app
+/// runs beside the gateway: if it does not accept quickly, it is down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a free app connection (`proxy.upstream_max_connections`) before 503.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// Idle keep-alive connections to the app are closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The pooled HTTP/1.1 client for the app, and where the app lives. Built once at start-up.
+#[derive(Debug)]
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// `scheme://host:port` of the app.
+    origin: String,
+    /// The app's base path without a trailing slash (`""` at the root).
+    base_path: String,
+    /// `proxy.upstream_timeout`.
+    pub timeout: Duration,
+    /// One permit per app connection in use (`proxy.upstream_max_connections`).
+    slots: Arc<Semaphore>,
+}
+
+impl UpstreamClient {
+    /// Builds the client for `upstream`. `http://` is the usual sidecar case (the app is on the
+    /// same pod or host); `https://` works too, verified against the Mozilla root set.
+    pub fn new(upstream: &Url, timeout: Duration, max_connections: usize) -> anyhow::Result<Self> {
+        let scheme = upstream.scheme();
+        if scheme != "http" && scheme != "https" {
+            anyhow::bail!(
+                "proxy.upstream: only http:// and https:// apps are supported ({upstream})"
+            );
+        }
+        let host = upstream
+            .host_str()
+            .ok_or_else(|| anyhow::anyhow!("proxy.upstream has no host"))?;
+        let port = upstream.port_or_known_default().unwrap_or(80);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeout)));
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(max_connections)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let host = match upstream.host() {
+            Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+            _ => host.to_owned(),
+        };
+        Ok(Self {
+            client,
+            origin: format!("{scheme}://{host}:{port}"),
+            base_path: upstream.path().trim_end_matches('/').to_owned(),
+            timeout,
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+        })
+    }
+
+    /// `{origin}{base_path}{path}?{query}` with the path and query exactly as received.
+    pub fn uri(&self, original: &Uri) -> Result<Uri, GatewayError> {
+        let path_and_query = original.path_and_query().map_or("/", |pq| pq.as_str());
+        format!("{}{}{}", self.origin, self.base_path, path_and_query)
+            .parse()
+            .map_err(|_| GatewayError::BadRequest("the request path is not valid".into()))
+    }
+
+    /// Sends `request` and waits for the response head: while the body is still uploading
+    /// (`body_sent` pending) the client's pace decides, then the app has `timeout` to answer.
+    /// The response body holds its connection slot (`proxy.upstream_max_connections`) until it
+    /// has been passed on.
+    pub async fn send(
+        &self,
+        request: Request<Body>,
+        body_sent: Option<oneshot::Receiver<()>>,
+    ) -> Result<hyper::Response<SlotBody>, GatewayError> {
+        let slot = tokio::time::timeout(
+            SLOT_WAIT.min(self.timeout),
+            Arc::clone(&self.slots).acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            tracing::warn!("every connection to the app is busy (proxy.upstream_max_connections)");
+            GatewayError::UpstreamBusy
+        })?;
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        if let Some(sent) = body_sent {
+            tokio::select! {
+                // An app may answer before reading the whole body (a 413 or 401 of its own).
+                result = &mut response => return result.map(|r| with_slot(r, slot)).map_err(|e| classify(&e)),
+                _ = sent => {}
+            }
+        }
+        match tokio::time::timeout(self.timeout, response).await {
+            Ok(result) => result.map(|r| with_slot(r, slot)).map_err(|e| classify(&e)),
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+        }
+    }
+}
+
+fn with_slot(
+    response: hyper::Response<Incoming>,
+    slot: OwnedSemaphorePermit,
+) -> hyper::Response<SlotBody> {
+    response.map(|body| SlotBody { body, _slot: slot })
+}
+
+/// The app's response body, holding its connection slot until it is done.
+pub struct SlotBody {
+    body: Incoming,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl HttpBody for SlotBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The client's own body failing is the client's fault (413, 408 or 400, see [`body`]);
+/// otherwise 502 (a refused or broken connection to the app).
+fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
+    // The client's own body failing is the client's fault, not the app's.
+    if body::caused_by::<LengthLimitError>(error)
+        || body::caused_by::<body::BodyStalled>(error)
+        || body::caused_by::<body::BodyBroken>(error)
+    {
+        return body::rejection(error);
+    }
+    tracing::warn!(error = %error, connect = error.is_connect(), "request to the app behind the gateway failed");
+    GatewayError::UpstreamUnreachable
+}
+
