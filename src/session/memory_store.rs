@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use super::store::{BackoffPolicy, CasOutcome, StoreError, StoredSession};
+use super::backend::{BackoffPolicy, CasOutcome, SessionBackend, StoreError, StoredSession};
 
 #[derive(Debug)]
 struct Entry {
@@ -50,8 +50,10 @@ impl MemoryStore {
         // single insert), so a poisoned lock is safe to keep using.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    pub(super) async fn load_and_touch(
+impl SessionBackend for MemoryStore {
+    async fn load_and_touch(
         &self,
         key: &str,
         idle: Duration,
@@ -65,16 +67,12 @@ impl MemoryStore {
         Ok(Some(entry.session.clone()))
     }
 
-    pub(super) async fn load(
-        &self,
-        key: &str,
-        now_ms: u64,
-    ) -> Result<Option<StoredSession>, StoreError> {
+    async fn load(&self, key: &str, now_ms: u64) -> Result<Option<StoredSession>, StoreError> {
         let mut inner = self.lock();
         Ok(live(&mut inner, key, now_ms).map(|e| e.session.clone()))
     }
 
-    pub(super) async fn create(
+    async fn create(
         &self,
         key: &str,
         blob: &[u8],
@@ -102,7 +100,7 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub(super) async fn compare_and_set(
+    async fn compare_and_set(
         &self,
         key: &str,
         expected_version: u64,
@@ -123,17 +121,12 @@ impl MemoryStore {
         Ok(CasOutcome::Written(entry.session.version))
     }
 
-    pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.lock().sessions.remove(key);
         Ok(())
     }
 
-    pub(super) async fn try_lock(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = std::time::Instant::now();
         let mut inner = self.lock();
         match inner.locks.get(key) {
@@ -147,12 +140,7 @@ impl MemoryStore {
         }
     }
 
-    pub(super) async fn extend_lock(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn extend_lock(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = std::time::Instant::now();
         let mut inner = self.lock();
         match inner.locks.get_mut(key) {
@@ -164,7 +152,7 @@ impl MemoryStore {
         }
     }
 
-    pub(super) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
+    async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner
             .locks
@@ -176,7 +164,7 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub(super) async fn record_refresh_failure(
+    async fn record_refresh_failure(
         &self,
         key: &str,
         policy: BackoffPolicy,
@@ -197,7 +185,7 @@ impl MemoryStore {
         Ok(wait)
     }
 
-    pub(super) async fn refresh_backoff(
+    async fn refresh_backoff(
         &self,
         key: &str,
         now_ms: u64,
@@ -210,12 +198,12 @@ impl MemoryStore {
             .map(|(_, until, _)| Duration::from_millis(until - now_ms)))
     }
 
-    pub(super) async fn clear_refresh_backoff(&self, key: &str) -> Result<(), StoreError> {
+    async fn clear_refresh_backoff(&self, key: &str) -> Result<(), StoreError> {
         self.lock().backoffs.remove(key);
         Ok(())
     }
 
-    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }

@@ -1,59 +1,10 @@
-//! The session store: a byte-level interface with two backends, Redis and memory.
-//!
-//! The store never sees a plaintext token or a session id: it is handed hashed keys and sealed
-//! blobs by [`crate::session::Sessions`]. Every session write is a compare-and-set on a version
-//! number, so a slow writer can never overwrite a newer token pair.
+//! The configured session backend: an enum over the two [`SessionBackend`]s (static dispatch;
+//! the trait is the contract, see [`super::backend`]).
 
 use std::time::Duration;
 
+pub use super::backend::{BackoffPolicy, CasOutcome, SessionBackend, StoreError, StoredSession};
 use super::{memory_store::MemoryStore, redis_store::RedisStore};
-
-/// A session as the store keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredSession {
-    /// Incremented by every successful write; the compare-and-set token.
-    pub version: u64,
-    /// The sealed record.
-    pub blob: Vec<u8>,
-    /// Unix milliseconds after which the session is gone, however active it is.
-    pub absolute_deadline_ms: u64,
-}
-
-/// Result of a compare-and-set write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CasOutcome {
-    /// Written; the new version.
-    Written(u64),
-    /// Someone else wrote first; re-read and decide again.
-    Conflict,
-    /// The session is gone (logged out, expired).
-    Missing,
-}
-
-/// A store operation failed. Never means "logged out": callers answer 503 and keep the cookie.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Redis answered with an error or the connection failed.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// The in-memory store refused to grow further.
-    #[error("session store is full: {0}")]
-    Full(&'static str),
-    /// Redis answered something the gateway did not write.
-    #[error("unexpected data in the session store: {0}")]
-    Corrupt(&'static str),
-}
-
-/// Exponential back-off after transient refresh failures.
-#[derive(Clone, Copy, Debug)]
-pub struct BackoffPolicy {
-    /// Wait after the first failure; doubles with each further one.
-    pub first: Duration,
-    /// Longest wait: attempts never stop, they just come no more often than this.
-    pub max: Duration,
-    /// How long the failure count is remembered after the last failure.
-    pub memory: Duration,
-}
 
 /// The configured backend. An enum rather than a trait object: two backends, static dispatch.
 #[derive(Clone, Debug)]

@@ -1,0 +1,151 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
+//! One suite, run against both backends: what `Sessions` and the refresh protocol rely on.
+//! The Redis run uses `PLEO_GATEWAY_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) under
+//! a key prefix of its own.
+
+use std::time::Duration;
+
+use super::{BackoffPolicy, CasOutcome, SessionBackend};
+use crate::session::{memory_store::MemoryStore, redis_store::RedisStore};
+
+const IDLE: Duration = Duration::from_secs(60);
+const POLICY: BackoffPolicy = BackoffPolicy {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(4),
+    memory: Duration::from_secs(600),
+};
+
+/// Every rule of the contract, against one backend. `now` is a Unix time in ms.
+async fn contract(store: &impl SessionBackend) {
+    let now = 1_700_000_000_000_u64;
+    let deadline = now + 3_600_000;
+
+    // Sessions: create, load, compare-and-set, delete.
+    assert_eq!(store.load("s", now).await.unwrap(), None);
+    store
+        .create("s", b"one", deadline, IDLE, now)
+        .await
+        .unwrap();
+    let loaded = store.load("s", now).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            loaded.version,
+            loaded.blob.as_slice(),
+            loaded.absolute_deadline_ms
+        ),
+        (1, &b"one"[..], deadline)
+    );
+    assert_eq!(
+        store
+            .compare_and_set("s", 1, b"two", IDLE, now)
+            .await
+            .unwrap(),
+        CasOutcome::Written(2)
+    );
+    assert_eq!(
+        store
+            .compare_and_set("s", 1, b"stale", IDLE, now)
+            .await
+            .unwrap(),
+        CasOutcome::Conflict,
+        "a writer that read version 1 cannot overwrite version 2"
+    );
+    let touched = store.load_and_touch("s", IDLE, now).await.unwrap().unwrap();
+    assert_eq!((touched.version, touched.blob.as_slice()), (2, &b"two"[..]));
+    // Past the absolute deadline the session is gone, however active.
+    assert_eq!(
+        store.load_and_touch("s", IDLE, deadline).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .compare_and_set("s", 2, b"late", IDLE, deadline)
+            .await
+            .unwrap(),
+        CasOutcome::Missing
+    );
+    store.create("t", b"x", deadline, IDLE, now).await.unwrap();
+    store.delete("t").await.unwrap();
+    store.delete("t").await.unwrap();
+    assert_eq!(store.load("t", now).await.unwrap(), None);
+    assert_eq!(
+        store
+            .compare_and_set("t", 1, b"y", IDLE, now)
+            .await
+            .unwrap(),
+        CasOutcome::Missing
+    );
+
+    // The refresh lock: one owner at a time, extended and released only by its owner.
+    let ttl = Duration::from_secs(30);
+    assert!(store.try_lock("l", "owner-a", ttl).await.unwrap());
+    assert!(!store.try_lock("l", "owner-b", ttl).await.unwrap());
+    assert!(store.extend_lock("l", "owner-a", ttl).await.unwrap());
+    assert!(!store.extend_lock("l", "owner-b", ttl).await.unwrap());
+    store.unlock("l", "owner-b").await.unwrap();
+    assert!(
+        !store.try_lock("l", "owner-b", ttl).await.unwrap(),
+        "not b's to release"
+    );
+    store.unlock("l", "owner-a").await.unwrap();
+    assert!(store.try_lock("l", "owner-b", ttl).await.unwrap());
+    store.unlock("l", "owner-b").await.unwrap();
+
+    // Shared back-off: 1 s, 2 s, then capped; cleared after a success.
+    assert_eq!(store.refresh_backoff("b", now).await.unwrap(), None);
+    let first = store
+        .record_refresh_failure("b", POLICY, now)
+        .await
+        .unwrap();
+    assert_eq!(first, Duration::from_secs(1));
+    assert_eq!(
+        store.refresh_backoff("b", now).await.unwrap(),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(store.refresh_backoff("b", now + 1_000).await.unwrap(), None);
+    let second = store
+        .record_refresh_failure("b", POLICY, now)
+        .await
+        .unwrap();
+    assert_eq!(second, Duration::from_secs(2));
+    for _ in 0..4 {
+        store
+            .record_refresh_failure("b", POLICY, now)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.refresh_backoff("b", now).await.unwrap(),
+        Some(POLICY.max)
+    );
+    store.clear_refresh_backoff("b").await.unwrap();
+    assert_eq!(store.refresh_backoff("b", now).await.unwrap(), None);
+
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_memory_backend_keeps_the_contract() {
+    contract(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn the_redis_backend_keeps_the_contract() {
+    let url = std::env::var("PLEO_GATEWAY_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!(
+        "pleo-gateway-contract:{}:",
+        crate::session::id::random_token()
+    );
+    let store = RedisStore::connect(&url, &prefix).await.unwrap();
+    store
+        .ping()
+        .await
+        .unwrap_or_else(|e| panic!("the contract test needs Redis at {url}: {e}"));
+    contract(&store).await;
+    for key in ["s", "t"] {
+        store.delete(key).await.unwrap();
+    }
+    store.clear_refresh_backoff("b").await.unwrap();
+}
