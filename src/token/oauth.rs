@@ -34,7 +34,8 @@ pub struct TokenSet {
     pub scopes: Option<Vec<String>>,
 }
 
-/// Why a token request failed, classified for the refresh rules in PRODUCT.md §5.
+/// Why a token request failed, classified for the refresh rules (README, "Tokens and refresh"):
+/// only [`TokenError::Rejected`] ends a session; every other failure keeps it and backs off.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// The server answered 4xx: the code or refresh token is no good. Terminal for that grant.
@@ -208,6 +209,28 @@ impl PleoOAuth {
             .request_async(&self.http)
             .await;
         convert(response)
+    }
+}
+
+/// The future a [`TokenEndpoint`] answers with.
+pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<TokenSet, TokenError>> + Send + 'a>>;
+
+/// The token endpoint as the refresh protocol (`crate::token::refresh`) sees it: spend a refresh
+/// token, get a new pair or a classified [`TokenError`].
+///
+/// [`PleoOAuth`] is the real one. The seam exists so that unit tests can script the endpoint's
+/// answers (a rotation, `invalid_grant`, a 503, a timeout, a slow answer) and check what the
+/// protocol does with each, on paused time and without a server. A trait object rather than a
+/// generic parameter, so `RefreshCoordinator` keeps one concrete type everywhere it is named;
+/// the boxed future costs one allocation per refresh.
+pub trait TokenEndpoint: Send + Sync + std::fmt::Debug {
+    /// Spends `refresh_token`. On success the old pair is dead (Pleo rotates).
+    fn refresh<'a>(&'a self, refresh_token: &'a SecretString) -> TokenFuture<'a>;
+}
+
+impl TokenEndpoint for PleoOAuth {
+    fn refresh<'a>(&'a self, refresh_token: &'a SecretString) -> TokenFuture<'a> {
+        Box::pin(PleoOAuth::refresh(self, refresh_token))
     }
 }
 

@@ -39,8 +39,8 @@ use std::{
 
 use secrecy::ExposeSecret;
 
-use super::oauth::PleoOAuth;
-use crate::session::{Session, SessionKey, Sessions, StoreError, now_ms};
+use super::oauth::{PleoOAuth, TokenEndpoint};
+use crate::session::{Clock, Session, SessionKey, Sessions, StoreError};
 
 /// How long clients are told to wait after a transient refresh failure.
 const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -81,7 +81,8 @@ pub enum RefreshError {
 /// Hands out sessions whose access token is fresh, refreshing at most once at a time per session.
 #[derive(Debug)]
 pub struct RefreshCoordinator {
-    oauth: Arc<PleoOAuth>,
+    /// Pleo's token endpoint ([`PleoOAuth`]), or a scripted fake in unit tests.
+    endpoint: Arc<dyn TokenEndpoint>,
     sessions: Sessions,
     margin: Duration,
     /// The store lock's lifetime: the token request timeout plus [`LOCK_MARGIN`].
@@ -89,6 +90,8 @@ pub struct RefreshCoordinator {
     /// How long a caller waits for a refresh (its own or another replica's) before a 503.
     lock_wait: Duration,
     locks: Mutex<HashMap<SessionKey, Arc<Flight>>>,
+    /// "Now" for every refresh decision: due-ness, back-off, token expiry.
+    clock: Clock,
 }
 
 /// The in-process single-flight of one session: who may try now, and how the attempts that
@@ -149,13 +152,27 @@ impl RefreshCoordinator {
         margin: Duration,
         request_timeout: Duration,
     ) -> Self {
+        Self::with_seams(oauth, sessions, margin, request_timeout, Clock::System)
+    }
+
+    /// Like [`new`](Self::new), with the two seams the unit tests use: any [`TokenEndpoint`]
+    /// (a scripted fake) instead of Pleo's, and a [`Clock`] (`Clock::tokio()`, so that
+    /// `tokio::time::advance` moves token expiry and back-off along with the protocol's sleeps).
+    pub fn with_seams(
+        endpoint: Arc<dyn TokenEndpoint>,
+        sessions: Sessions,
+        margin: Duration,
+        request_timeout: Duration,
+        clock: Clock,
+    ) -> Self {
         Self {
-            oauth,
+            endpoint,
             sessions,
             margin,
             lock_ttl: request_timeout + LOCK_MARGIN,
             lock_wait: request_timeout + Duration::from_secs(5),
             locks: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
@@ -167,7 +184,7 @@ impl RefreshCoordinator {
 
     /// Returns `session` if its token is fresh, else a refreshed copy.
     pub async fn fresh(self: &Arc<Self>, session: Session) -> Result<Session, RefreshError> {
-        if !self.needs_refresh(&session, now_ms()) {
+        if !self.needs_refresh(&session, self.clock.now_ms()) {
             return Ok(session);
         }
         let margin = self.margin;
@@ -252,7 +269,7 @@ impl RefreshCoordinator {
     fn still_needed(&self, current: &Session, want: &Want) -> bool {
         match want {
             Want::Replace { rejected } => current.data.access_token.expose_secret() == rejected,
-            Want::Fresh { margin } => needs_refresh_within(current, now_ms(), *margin),
+            Want::Fresh { margin } => needs_refresh_within(current, self.clock.now_ms(), *margin),
         }
     }
 }

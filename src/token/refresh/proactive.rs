@@ -9,7 +9,6 @@
 use std::{sync::Arc, time::Duration};
 
 use super::{RefreshCoordinator, Want, needs_refresh_within};
-use crate::session::now_ms;
 
 /// How often the background refresh looks for sessions to refresh.
 const PROACTIVE_SWEEP: Duration = Duration::from_secs(1);
@@ -30,7 +29,7 @@ impl RefreshCoordinator {
                 tick.tick().await;
                 let Some(this) = weak.upgrade() else { return };
                 let margin = this.margin * 2;
-                let now = now_ms();
+                let now = this.clock.now_ms();
                 for session in this.sessions.recently_used(PROACTIVE_ACTIVE_WINDOW) {
                     if !needs_refresh_within(&session, now, margin) {
                         continue;

@@ -18,16 +18,19 @@
 //!    in hand is the only valid one.
 //!
 //! Then the lock is released (by its owner only; otherwise it expires after its TTL).
+//!
+//! Time: pauses and deadlines within this process use Tokio's time (`sleep`, `Instant`), and
+//! unix-ms decisions (back-off, token expiry) the coordinator's [`Clock`](crate::session::Clock),
+//! so unit tests drive the whole protocol with paused time (see `super::tests`).
 
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
 
 use super::{REFRESH_RETRY_AFTER, RefreshCoordinator, RefreshError, Want};
 use crate::{
-    session::{
-        BackoffPolicy, CasOutcome, Session, SessionData, SessionKey, id::random_token, now_ms,
-    },
+    session::{BackoffPolicy, CasOutcome, Session, SessionData, SessionKey, id::random_token},
     token::oauth::{TokenError, TokenSet},
 };
 
@@ -52,7 +55,7 @@ impl RefreshCoordinator {
         want: &Want,
     ) -> Result<Session, RefreshError> {
         let owner = random_token();
-        let give_up_at = std::time::Instant::now() + self.lock_wait;
+        let give_up_at = Instant::now() + self.lock_wait;
         let mut pause = Duration::from_millis(20);
         // Requests that queued behind this replica's refresh find its result in the session
         // cache (written together with the store): no store round trip per waiter.
@@ -67,7 +70,11 @@ impl RefreshCoordinator {
             if !self.still_needed(&current, want) {
                 return Ok(current);
             }
-            if let Some(retry_after) = self.sessions.refresh_backoff(key, now_ms()).await? {
+            if let Some(retry_after) = self
+                .sessions
+                .refresh_backoff(key, self.clock.now_ms())
+                .await?
+            {
                 return Err(RefreshError::Unavailable {
                     reason: "backing off after a failed refresh".into(),
                     retry_after,
@@ -85,7 +92,7 @@ impl RefreshCoordinator {
                 }
                 return result;
             }
-            if std::time::Instant::now() >= give_up_at {
+            if Instant::now() >= give_up_at {
                 return Err(RefreshError::Unavailable {
                     reason: "another replica is still refreshing this session".into(),
                     retry_after: Duration::from_secs(1),
@@ -118,7 +125,7 @@ impl RefreshCoordinator {
             .await
         {
             Ok(tokens) => {
-                let data = merged(current.data.clone(), tokens, now_ms());
+                let data = merged(current.data.clone(), tokens, self.clock.now_ms());
                 let stored = self
                     .store_refreshed(key, current, data, refresh_token.expose_secret(), owner)
                     .await;
@@ -152,7 +159,7 @@ impl RefreshCoordinator {
                 // already be spent — hammering the endpoint with it helps nobody.
                 let retry_after = self
                     .sessions
-                    .record_refresh_failure(key, BACKOFF, now_ms())
+                    .record_refresh_failure(key, BACKOFF, self.clock.now_ms())
                     .await
                     .unwrap_or(REFRESH_RETRY_AFTER);
                 tracing::warn!(session = key.short(), error = %e, retry_in = ?retry_after, "refresh failed transiently; session kept");
@@ -172,7 +179,7 @@ impl RefreshCoordinator {
         refresh_token: &SecretString,
         owner: &str,
     ) -> Result<TokenSet, TokenError> {
-        let refresh = self.oauth.refresh(refresh_token);
+        let refresh = self.endpoint.refresh(refresh_token);
         tokio::pin!(refresh);
         let mut ticker = tokio::time::interval(self.lock_ttl / 3);
         ticker.tick().await;
@@ -203,14 +210,14 @@ impl RefreshCoordinator {
     ) -> Result<Session, RefreshError> {
         let mut conflicts = 0;
         let mut backoff = Duration::from_millis(100);
-        let give_up_at = std::time::Instant::now() + STORE_RETRY_WINDOW;
+        let give_up_at = Instant::now() + STORE_RETRY_WINDOW;
         while conflicts < MAX_STORE_ATTEMPTS {
             let outcome = match self.sessions.replace(key, base.version, &data).await {
                 Ok(outcome) => outcome,
                 // Pleo has already rotated: the pair we hold is the only valid one. Losing it
                 // would log the user out, so keep trying through a store hiccup — holding the
                 // lock meanwhile, so no replica spends the old refresh token in the gap.
-                Err(e) if std::time::Instant::now() < give_up_at => {
+                Err(e) if Instant::now() < give_up_at => {
                     tracing::warn!(session = key.short(), error = %e, "storing refreshed tokens failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -235,7 +242,7 @@ impl RefreshCoordinator {
                 CasOutcome::Conflict => {
                     let latest = match self.sessions.reload(key).await {
                         Ok(latest) => latest.ok_or(RefreshError::Gone)?,
-                        Err(e) if std::time::Instant::now() < give_up_at => {
+                        Err(e) if Instant::now() < give_up_at => {
                             tracing::warn!(session = key.short(), error = %e, "re-reading after a conflict failed; retrying");
                             tokio::time::sleep(backoff).await;
                             continue;
