@@ -13,6 +13,7 @@
 //!
 //! `config/gateway.toml` is the commented reference for every key.
 
+mod defaults;
 mod raw;
 mod redact;
 mod validate;

@@ -8,69 +8,13 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::defaults::*;
 use super::raw::{RawTree, Reader};
 use super::values;
 use super::{
     Config, ConfigError, EncryptionKey, PleoConfig, PleoEnvironment, ProxyConfig, ServerConfig,
     SessionConfig, SessionStoreKind,
 };
-
-/// Default `server.listen`.
-const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-/// Default `server.public_url`.
-const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
-/// Default `server.metrics_listen`: loopback, so `/metrics` is never public by accident; a
-/// scraper outside the pod needs it set to a reachable address on purpose.
-const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9100";
-/// Default `server.shutdown_timeout`.
-const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
-/// Default `server.max_header_bytes`.
-const DEFAULT_MAX_HEADER_BYTES: &str = "16KiB";
-/// Bounds of `server.max_header_bytes`: below 1 KiB real browsers' cookies do not fit; above
-/// 1 MiB a header limit no longer protects memory.
-const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 10)..=(1 << 20);
-/// Default `server.max_connections`: at the measured cost per connection (about 28 KiB with a
-/// 15 KB request head held open, see the README's security model) this stays inside the
-/// shipped 64 MiB memory limit.
-const DEFAULT_MAX_CONNECTIONS: &str = "1024";
-/// Default `server.auth_rate_per_client`: a person with several tabs and retries never gets
-/// near it; a script hammering `/auth/login` does at once.
-const DEFAULT_AUTH_RATE_PER_CLIENT: &str = "60/m";
-/// Default `server.auth_rate_global`.
-const DEFAULT_AUTH_RATE_GLOBAL: &str = "200/s";
-/// Default `pleo.refresh_before_expiry`.
-const DEFAULT_REFRESH_BEFORE_EXPIRY: &str = "60s";
-/// Upper bound (exclusive) of `pleo.refresh_before_expiry`: Pleo's access tokens live 15 min.
-const MAX_REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(3600);
-/// Default `pleo.request_timeout`.
-const DEFAULT_REQUEST_TIMEOUT: &str = "15s";
-/// Default `pleo.connect_timeout`.
-const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
-/// Default `session.redis_url`.
-const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// Default `session.key_prefix`.
-const DEFAULT_KEY_PREFIX: &str = "pleo-gateway:";
-/// Default `session.cookie_name`.
-const DEFAULT_COOKIE_NAME: &str = "__Host-pleo-session";
-/// Default `session.idle_timeout`.
-const DEFAULT_IDLE_TIMEOUT: &str = "8h";
-/// Default `session.absolute_timeout`.
-const DEFAULT_ABSOLUTE_TIMEOUT: &str = "30d";
-/// Default `session.login_state_ttl`.
-const DEFAULT_LOGIN_STATE_TTL: &str = "10m";
-/// Default `proxy.pleo_prefix`.
-const DEFAULT_PLEO_PREFIX: &str = "/pleo";
-/// Default `proxy.max_body_bytes`.
-const DEFAULT_MAX_BODY_BYTES: &str = "10MiB";
-/// Default `proxy.upstream_timeout`.
-const DEFAULT_UPSTREAM_TIMEOUT: &str = "60s";
-/// Default `proxy.body_timeout`: 10 MiB at about 175 KB/s.
-const DEFAULT_BODY_TIMEOUT: &str = "60s";
-/// Default `proxy.body_buffer_bytes`, as nginx's `client_body_buffer_size` on 64-bit hosts
-/// (16k) times four: form posts and JSON calls are read whole before the app is contacted.
-const DEFAULT_BODY_BUFFER_BYTES: &str = "64KiB";
-/// Default `proxy.upstream_max_connections`.
-const DEFAULT_UPSTREAM_MAX_CONNECTIONS: &str = "256";
 
 /// Validates the whole tree; `Err(Invalid)` lists every problem found.
 pub(super) fn validate(tree: &RawTree) -> Result<Config, ConfigError> {
