@@ -98,7 +98,7 @@ pub fn app(state: AppState) -> Router {
         // is a plain token; anyone else's is replaced by ours (the app logs it).
         .layer(middleware::from_fn_with_state(
             trusted_proxies,
-            crate::proxy::forwarded::accept_request_id,
+            crate::forwarded::accept_request_id,
         ))
 }
 

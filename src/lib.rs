@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod forwarded;
 pub mod mock_pleo;
 pub mod pleo_api;
 pub mod proxy;

@@ -1,7 +1,6 @@
 //! Proxying: the Pleo API under `proxy.pleo_prefix`, the internal app behind the gateway
 //! (`proxy.upstream`), and the header and path hygiene both rely on.
 
-pub mod forwarded;
 pub mod headers;
 pub mod path;
 mod pleo;

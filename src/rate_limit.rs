@@ -3,7 +3,7 @@
 //! token bucket kept as one timestamp per key).
 //!
 //! The client address is the one `server.trusted_proxies` yields (see
-//! [`crate::proxy::forwarded::resolve`]); IPv6 clients are keyed by their /64, since one host
+//! [`crate::forwarded::resolve`]); IPv6 clients are keyed by their /64, since one host
 //! usually holds a whole /64. The per-client table is bounded ([`MAX_TRACKED_CLIENTS`]): when
 //! it is full of clients still inside their burst, a new client is limited by the global
 //! bucket alone, so the table cannot become the unbounded state this module exists to prevent.

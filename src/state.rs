@@ -1,5 +1,5 @@
 //! What every handler shares, and how it is built from the configuration: the state the
-//! router in [`crate::app`] takes and hands to each handler.
+//! router in `app.rs` takes and hands to each handler.
 
 use std::sync::Arc;
 

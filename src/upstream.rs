@@ -1,7 +1,7 @@
 //! The app behind the gateway (`proxy.upstream`): a pooled HTTP/1.1 client built once, with a
 //! bounded number of connections in use (`proxy.upstream_max_connections`), and the limits on
 //! request bodies on their way to it ([`body`]). The route that uses it is
-//! [`crate::proxy::proxy_to_upstream`]; open WebSockets are tracked in [`websockets`].
+//! `proxy::proxy_to_upstream`; open WebSockets are tracked in [`websockets`].
 
 pub mod body;
 pub mod websockets;
@@ -177,4 +177,3 @@ fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
     tracing::warn!(error = %error, connect = error.is_connect(), "request to the app behind the gateway failed");
     GatewayError::UpstreamUnreachable
 }
-

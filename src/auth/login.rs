@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     error::{GatewayError, QueryParams, redirect},
-    proxy::forwarded,
+    forwarded,
     session::{
         SessionData,
         cookie::{cookie_pairs, find_cookie},

@@ -9,7 +9,7 @@
 //!   401 JSON carrying the login URL (never a redirect an XHR would follow to Pleo).
 //! - The app sees the path exactly as the browser sent it; only the access decision uses the
 //!   normalised form. It receives `X-Pleo-Subject`, `X-Pleo-Scopes`, `X-Request-Id` and
-//!   `X-Forwarded-For/-Proto/-Host`, `X-Real-IP` (see [`rewrite`] and [`super::forwarded`]).
+//!   `X-Forwarded-For/-Proto/-Host`, `X-Real-IP` (see [`rewrite`] and [`crate::forwarded`]).
 //! - Unsafe methods (POST, PUT, PATCH, DELETE) on protected paths follow the CSRF rule (see
 //!   [`crate::auth::csrf`]) in a form an ordinary app passes unchanged: the request is accepted with `X-CSRF`, or when
 //!   the browser vouches it is same-origin (`Sec-Fetch-Site: same-origin`/`none`, or an `Origin`
@@ -39,7 +39,6 @@ use hyper::upgrade::OnUpgrade;
 use tower_http::request_id::RequestId;
 
 use super::{
-    forwarded,
     path::{PathAccess, path_access},
     websocket,
 };
@@ -50,6 +49,7 @@ use crate::{
         subject::require_subject,
     },
     error::{GatewayError, is_navigation},
+    forwarded,
     session::Session,
     state::AppState,
     upstream::body,

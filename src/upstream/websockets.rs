@@ -1,5 +1,5 @@
 //! Open WebSockets to the app per session, so that logging out (or a grant Pleo ended) closes
-//! them at once. The splicing itself is [`crate::proxy::websocket`].
+//! them at once. The splicing itself is `proxy::websocket`.
 
 use std::{
     collections::HashMap,

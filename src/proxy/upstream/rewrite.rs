@@ -15,10 +15,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::{
     auth::guard::identity_headers,
-    proxy::{
-        forwarded::{self, Forwarding},
-        headers::{is_identity_header, strip_hop_by_hop},
-    },
+    forwarded::{self, Forwarding},
+    proxy::headers::{is_identity_header, strip_hop_by_hop},
     session::{
         Session,
         cookie::{CookieSettings, without_cookies},
