@@ -171,6 +171,10 @@ pub struct Sessions {
     idle_timeout: Duration,
     absolute_timeout: Duration,
     cache: std::sync::Arc<cache::SessionCache>,
+    /// Unit tests only: how many of the next [`Sessions::replace`] calls fail as if the store
+    /// were down (see [`Sessions::fail_next_writes`]). Shared by clones, like the store.
+    #[cfg(test)]
+    failing_writes: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Sessions {
@@ -189,7 +193,18 @@ impl Sessions {
             idle_timeout,
             absolute_timeout,
             cache: std::sync::Arc::default(),
+            #[cfg(test)]
+            failing_writes: std::sync::Arc::default(),
         }
+    }
+
+    /// Unit tests only: makes the next `n` session writes ([`Sessions::replace`]) fail with
+    /// [`StoreError::Unavailable`], as a store outage would, without touching the store. The
+    /// refresh tests use it to fail the write between Pleo's rotation and the store.
+    #[cfg(test)]
+    pub(crate) fn fail_next_writes(&self, n: u32) {
+        self.failing_writes
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The backend, for readiness checks (`/readyz` pings it and names its kind) — and for
@@ -329,6 +344,20 @@ impl Sessions {
         expected_version: u64,
         data: &SessionData,
     ) -> Result<CasOutcome, StoreError> {
+        #[cfg(test)]
+        if self
+            .failing_writes
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(StoreError::Unavailable(std::sync::Arc::new(
+                std::io::Error::other("injected write failure"),
+            )));
+        }
         let blob = self.cipher.seal(&data.to_bytes(), key.as_str().as_bytes());
         let outcome = self
             .store

@@ -30,6 +30,8 @@
 
 mod proactive;
 mod protocol;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,

@@ -34,6 +34,9 @@ use crate::{
     token::oauth::{TokenError, TokenSet},
 };
 
+#[cfg(test)]
+mod tests;
+
 /// Longest pause between two looks at a lock held by another replica.
 const MAX_POLL: Duration = Duration::from_millis(250);
 /// Back-off after transient refresh failures: 1 s, 2 s, 4 s … up to a minute between attempts.
