@@ -18,6 +18,9 @@ use url::Url;
 
 use crate::config::Config;
 
+#[cfg(test)]
+mod tests;
+
 type ConfiguredClient =
     BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
