@@ -25,8 +25,8 @@
 //! three parts:
 //!
 //! - this file: the [`RefreshCoordinator`] API and the in-process single-flight (steps 1–2);
-//! - [`protocol`]: the cross-replica protocol (steps 3–5), to be read top to bottom;
-//! - [`proactive`]: the background sweeper behind `pleo.proactive_refresh`.
+//! - `refresh/protocol.rs`: the cross-replica protocol (steps 3–5), to be read top to bottom;
+//! - `refresh/proactive.rs`: the background sweeper behind `pleo.proactive_refresh`.
 
 mod proactive;
 mod protocol;
