@@ -5,7 +5,6 @@
 pub mod csrf;
 pub mod guard;
 mod login;
-pub mod pending;
 pub mod return_to;
 #[cfg(test)]
 mod return_to_tests;

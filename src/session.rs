@@ -1,7 +1,7 @@
 //! Sessions: what the gateway remembers about a logged-in browser, sealed at rest.
 //!
 //! [`Sessions`] is the typed layer over the byte-level [`Store`]: it hashes session ids into
-//! store keys, seals records with [`TokenCipher`] (bound to their key), and enforces the idle and
+//! store keys, seals records with [`Sealer`] (bound to their key), and enforces the idle and
 //! absolute timeouts. Pending logins (`state` → PKCE verifier) live here too.
 
 pub mod backend;
@@ -9,8 +9,10 @@ pub mod cache;
 pub mod cookie;
 pub mod id;
 pub mod memory_store;
+pub mod pending_login;
 mod redis_conn;
 pub mod redis_store;
+pub mod seal;
 pub mod store;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use id::{SessionHasher, SessionId, SessionKey};
 pub use store::{BackoffPolicy, CasOutcome, Store, StoreError, StoredSession};
 
-use crate::token::cipher::TokenCipher;
+use seal::Sealer;
 
 /// Unix time in milliseconds, from the system clock. Same as `Clock::System.now_ms()`.
 pub fn now_ms() -> u64 {
@@ -48,7 +50,7 @@ pub fn now_ms() -> u64 {
 /// controls too.
 ///
 /// An enum rather than a trait: two behaviours, `Copy`, nothing generic to thread through.
-/// Only the refresh decisions (`crate::token::refresh`) take a `Clock` for now; the other
+/// Only the refresh decisions (`token/refresh.rs`) take a `Clock` for now; the other
 /// callers of [`now_ms`] can move to it when they want paused-time tests.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum Clock {
@@ -166,7 +168,7 @@ pub struct Session {
 #[derive(Clone, Debug)]
 pub struct Sessions {
     store: Store,
-    cipher: std::sync::Arc<TokenCipher>,
+    cipher: std::sync::Arc<Sealer>,
     hasher: SessionHasher,
     idle_timeout: Duration,
     absolute_timeout: Duration,
@@ -181,7 +183,7 @@ impl Sessions {
     /// Wires a store with the key ring and timeouts.
     pub fn new(
         store: Store,
-        cipher: TokenCipher,
+        cipher: Sealer,
         hasher: SessionHasher,
         idle_timeout: Duration,
         absolute_timeout: Duration,
@@ -388,7 +390,7 @@ impl Sessions {
     }
 
     // The refresh lock and back-off of a session, shared by every replica (README, "Tokens and
-    // refresh"). Used by `crate::token::refresh`; the store keeps them apart from the session
+    // refresh"). Used by `token/refresh.rs`; the store keeps them apart from the session
     // record, so taking the lock never conflicts with a session write.
 
     /// Takes the session's refresh lock if nobody holds it (`SET NX PX`), for `ttl`. `owner` is

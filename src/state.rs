@@ -4,16 +4,19 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::pending::{MAX_RETURN_TO_BYTES, PendingLogins},
     backoff::KeyedBackoff,
     config::{Config, SessionStoreKind},
     pleo_api::PleoApi,
     rate_limit::LoginRateLimiter,
     session::{
-        SessionHasher, SessionKey, Sessions, Store, cookie::CookieSettings,
-        memory_store::MemoryStore, redis_store::RedisStore,
+        SessionHasher, SessionKey, Sessions, Store,
+        cookie::CookieSettings,
+        memory_store::MemoryStore,
+        pending_login::{MAX_RETURN_TO_BYTES, PendingLogins},
+        redis_store::RedisStore,
+        seal::Sealer,
     },
-    token::{PleoOAuth, RefreshCoordinator, TokenCipher},
+    token::{PleoOAuth, RefreshCoordinator},
     upstream::{UpstreamClient, WebSocketRegistry},
 };
 
@@ -55,7 +58,7 @@ impl AppState {
             config.session.encryption_keys.clone()
         };
         let cipher =
-            TokenCipher::new(&keys).ok_or_else(|| anyhow::anyhow!("no session encryption key"))?;
+            Sealer::new(&keys).ok_or_else(|| anyhow::anyhow!("no session encryption key"))?;
         let sessions = Sessions::new(
             store,
             cipher,

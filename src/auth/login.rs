@@ -10,11 +10,7 @@ use axum::{
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{
-    guard::current_session,
-    pending::{MAX_RETURN_TO_BYTES, PendingLogin, PendingLogins, logins_to_evict},
-    return_to::sanitize_return_to,
-};
+use super::{guard::current_session, return_to::sanitize_return_to};
 use crate::{
     error::{GatewayError, QueryParams, redirect},
     forwarded,
@@ -23,6 +19,7 @@ use crate::{
         cookie::{cookie_pairs, find_cookie},
         id::random_token,
         now_ms,
+        pending_login::{MAX_RETURN_TO_BYTES, PendingLogin, PendingLogins, logins_to_evict},
     },
     state::AppState,
     token::TokenError,

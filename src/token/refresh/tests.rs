@@ -21,12 +21,9 @@ use crate::{
     config::EncryptionKey,
     session::{
         Clock, Session, SessionData, SessionHasher, SessionId, Sessions, Store,
-        memory_store::MemoryStore,
+        memory_store::MemoryStore, seal::Sealer,
     },
-    token::{
-        TokenCipher,
-        oauth::{TokenEndpoint, TokenError, TokenFuture, TokenSet},
-    },
+    token::oauth::{TokenEndpoint, TokenError, TokenFuture, TokenSet},
 };
 
 /// `pleo.refresh_before_expiry` in these tests.
@@ -140,7 +137,7 @@ impl Harness {
         let replica = || {
             Sessions::new(
                 Store::Memory(store.clone()),
-                TokenCipher::new(&keys).unwrap(),
+                Sealer::new(&keys).unwrap(),
                 SessionHasher::new(&keys),
                 Duration::from_secs(24 * 3600),
                 Duration::from_secs(7 * 24 * 3600),

@@ -1,4 +1,5 @@
-//! Encryption of session records at rest, so a Redis dump or `MONITOR` never yields a token.
+//! Sealing records at rest (session records, and pending logins in their cookies), so a Redis
+//! dump, `MONITOR` or a copied cookie never yields a token or a PKCE verifier.
 //!
 //! XChaCha20-Poly1305 with a random 192-bit nonce per write (random nonces are safe at that size,
 //! no counter to coordinate across replicas). Each blob names the key that sealed it by a short
@@ -42,19 +43,19 @@ struct KeyEntry {
 }
 
 /// Seals and opens session records with the configured key ring.
-pub struct TokenCipher {
+pub struct Sealer {
     keys: Vec<KeyEntry>,
 }
 
-impl std::fmt::Debug for TokenCipher {
+impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCipher")
+        f.debug_struct("Sealer")
             .field("keys", &self.keys.len())
             .finish()
     }
 }
 
-impl TokenCipher {
+impl Sealer {
     /// Builds the ring; the first key encrypts. Returns `None` for an empty list.
     pub fn new(keys: &[EncryptionKey]) -> Option<Self> {
         if keys.is_empty() {
@@ -139,9 +140,9 @@ fn fingerprint(key: &[u8; 32]) -> [u8; FINGERPRINT_LEN] {
 mod tests {
     use super::*;
 
-    fn cipher(keys: &[&EncryptionKey]) -> TokenCipher {
+    fn cipher(keys: &[&EncryptionKey]) -> Sealer {
         let keys: Vec<EncryptionKey> = keys.iter().map(|k| (*k).clone()).collect();
-        TokenCipher::new(&keys).unwrap()
+        Sealer::new(&keys).unwrap()
     }
 
     #[test]

@@ -24,7 +24,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{config::EncryptionKey, session::id::hex, token::TokenCipher};
+use super::{id::hex, seal::Sealer};
+use crate::config::EncryptionKey;
 
 /// Longest `return_to` kept, in bytes; a longer one falls back to `/`. It keeps one sealed
 /// login cookie (about 1.35 × this plus 200 bytes) well inside browsers' 4 KiB per cookie.
@@ -77,7 +78,7 @@ impl PendingLogin {
 /// Seals and opens pending-login cookies.
 #[derive(Debug)]
 pub struct PendingLogins {
-    cipher: TokenCipher,
+    cipher: Sealer,
     ttl: Duration,
 }
 
@@ -85,7 +86,7 @@ impl PendingLogins {
     /// Uses the session key ring (the first key seals) and `session.login_state_ttl`.
     pub fn new(keys: &[EncryptionKey], ttl: Duration) -> Option<Self> {
         Some(Self {
-            cipher: TokenCipher::new(keys)?,
+            cipher: Sealer::new(keys)?,
             ttl,
         })
     }
