@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::support::{
-    Browser, Options, PrivateRedis, SESSION_COOKIE, StoreKind, TestEnv, bearer_seen_by_pleo,
-    eventually, json_body, query_map, random_b64, redis_url, sha256_hex, wait_until_refresh_due,
+    Browser, Options, PATIENCE, RedisServer, SESSION_COOKIE, StoreKind, TestEnv,
+    bearer_seen_by_pleo, eventually, json_body, query_map, random_b64, redis_url, sha256_hex,
+    wait_until_refresh_due,
 };
 
 /// Access tokens live 4 s; a refresh is due 2 s after each is issued.
@@ -95,7 +96,7 @@ impl Monitor {
             .query_async(&mut conn)
             .await
             .expect("ECHO");
-        eventually("MONITOR shows the marker", || async {
+        eventually("MONITOR shows the marker", PATIENCE, async || {
             self.lines
                 .lock()
                 .expect("monitor lock")
@@ -122,7 +123,7 @@ async fn login_returning_code(browser: &Browser) -> String {
 /// only Alice's session and Carol's pending login are left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_holds_no_token_or_cookie_after_refresh() {
-    let redis = PrivateRedis::start().await;
+    let redis = RedisServer::start().await;
     let monitor = Monitor::start(&redis.url()).await;
     let env = TestEnv::start(
         Options::new(StoreKind::Redis)
@@ -302,7 +303,7 @@ async fn commands_processed(url: &str) -> u64 {
 async fn rotated_keys_keep_old_sessions_and_reseal_on_write() {
     let key_a = random_b64(32);
     let key_b = random_b64(32);
-    let redis = PrivateRedis::start().await;
+    let redis = RedisServer::start().await;
     let mut env = TestEnv::start(
         Options::new(StoreKind::Redis)
             .redis_url(&redis.url())
@@ -364,7 +365,7 @@ async fn rotated_keys_keep_old_sessions_and_reseal_on_write() {
 
 /// Overwrites one field of a record in the shared test Redis.
 async fn overwrite_field(key: &str, name: &str, value: &[u8]) {
-    let client = ::redis::Client::open(redis_url()).expect("redis url");
+    let client = ::redis::Client::open(redis_url().await).expect("redis url");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
@@ -440,9 +441,11 @@ async fn session_under_unknown_key_is_logged_out_not_500() {
     let last = blob.len() - 1;
     blob[last] ^= 1;
     overwrite_field(&record_key, "d", &blob).await;
-    eventually("the tampered record reads as logged out", || async {
-        on_b.send(on_b.get("/auth/session")).await.status() == StatusCode::UNAUTHORIZED
-    })
+    eventually(
+        "the tampered record reads as logged out",
+        PATIENCE,
+        async || on_b.send(on_b.get("/auth/session")).await.status() == StatusCode::UNAUTHORIZED,
+    )
     .await;
     assert_logged_out(&on_b, "tampered record").await;
 }

@@ -8,15 +8,23 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
+
+use crate::support::{eventually, require_program};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 const WAIT: Duration = Duration::from_secs(20);
+
+/// Fails at once, with the install command, without Debian's Chromium and its driver.
+fn require_chromium() {
+    require_program(CHROMIUM, "chromium chromium-driver");
+    require_program(CHROMEDRIVER, "chromium chromium-driver");
+}
 
 /// A child process killed on drop.
 struct Process(Child);
@@ -62,10 +70,7 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Self {
-        assert!(
-            std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
-            "the browser test needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver"
-        );
+        require_chromium();
         let (driver, line) = start_and_read_line(
             Command::new(CHROMEDRIVER).arg("--port=0"),
             "started successfully on port",
@@ -129,8 +134,7 @@ impl Browser {
 
     /// Waits until an element matching `css` exists, returning its id.
     async fn wait_for(&self, css: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        eventually(&format!("an element {css:?}"), WAIT, async || {
             let found = self
                 .call(
                     reqwest::Method::POST,
@@ -138,16 +142,12 @@ impl Browser {
                     json!({"using": "css selector", "value": css}),
                 )
                 .await;
-            if let Some(id) = found.get(ELEMENT_KEY).and_then(Value::as_str) {
-                return id.to_owned();
+            match found.get(ELEMENT_KEY).and_then(Value::as_str) {
+                Some(id) => Ok(id.to_owned()),
+                None => Err(format!("page text {:?}", self.page_text().await)),
             }
-            assert!(
-                Instant::now() < deadline,
-                "no element {css:?} within {WAIT:?}; page text: {}",
-                self.page_text().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     async fn click(&self, css: &str) {
@@ -200,6 +200,7 @@ impl Browser {
 
 #[tokio::test]
 async fn demo_login_consent_api_call_and_logout_in_a_real_browser() {
+    require_chromium();
     let (_demo, line) = start_and_read_line(
         Command::new(env!("CARGO_BIN_EXE_pleo-gateway"))
             .args(["demo", "--port", "0"])

@@ -42,6 +42,8 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 
+use crate::support::eventually;
+
 /// The gateway container's memory limit in the shipped manifest
 /// (`deploy/kubernetes/deployment.yaml`: `resources.limits.memory: 64Mi`). Past it the kernel
 /// OOM-kills the pod, so the gateway's peak RSS under attack must stay at or below it.
@@ -416,24 +418,19 @@ impl Gateway {
 
     /// Polls `GET /healthz` until it answers 200.
     async fn wait_until_ready(&mut self) {
-        let started = Instant::now();
-        loop {
+        let what = format!("the gateway to answer /healthz on {}", self.address);
+        eventually(&what, STARTUP_DEADLINE, async || {
             assert!(
                 self.is_running(),
                 "the gateway exited during start-up: {:?}; its log:\n{}",
                 self.child.try_wait(),
                 self.log()
             );
-            if healthz(self.address, Duration::from_secs(1)).await.is_ok() {
-                return;
-            }
-            assert!(
-                started.elapsed() < STARTUP_DEADLINE,
-                "the gateway did not answer /healthz within {STARTUP_DEADLINE:?}; its log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            healthz(self.address, Duration::from_secs(1))
+                .await
+                .map_err(|e| format!("{e}; its log:\n{}", self.log()))
+        })
+        .await;
     }
 
     /// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`) in bytes.

@@ -9,8 +9,8 @@ use reqwest::{StatusCode, header};
 use tokio::time::Instant;
 
 use crate::support::{
-    Browser, Options, PrivateRedis, SESSION_COOKIE, StoreKind, TestEnv, bearer_seen_by_pleo,
-    eventually, json_body, session_set_cookie, wait_until_refresh_due,
+    Browser, Options, PATIENCE, RedisServer, SESSION_COOKIE, StoreKind, TestEnv,
+    bearer_seen_by_pleo, eventually, json_body, session_set_cookie, wait_until_refresh_due,
 };
 
 /// Access tokens live 4 s; a refresh is due 2 s after each is issued.
@@ -230,9 +230,11 @@ async fn token_endpoint_503_or_timeout_keeps_the_session() {
         assert!(stats.reuse_detections >= 1, "{stats:?}");
         eprintln!("after the lost refresh response: {ended:?}, {stats:?}");
         for browser in &browsers {
-            eventually("every replica sees the session ended", || async {
-                probe(browser, "/auth/session").await.status == StatusCode::UNAUTHORIZED
-            })
+            eventually(
+                "every replica sees the session ended",
+                PATIENCE,
+                async || probe(browser, "/auth/session").await.status == StatusCode::UNAUTHORIZED,
+            )
             .await;
         }
     };
@@ -267,11 +269,11 @@ async fn client_disconnect_mid_refresh_still_stores_the_new_pair() {
         let stats = env.mock.stats();
         assert_eq!(stats.token_requests, 2, "the refresh was sent: {stats:?}");
 
-        eventually("Pleo answered the refresh", || async {
+        eventually("Pleo answered the refresh", PATIENCE, async || {
             env.tap.issued().len() == 2
         })
         .await;
-        eventually("the rotated pair is stored", || async {
+        eventually("the rotated pair is stored", PATIENCE, async || {
             session_version(&env).await == Some(2)
         })
         .await;
@@ -378,7 +380,7 @@ fn summary(samples: &[Sample]) -> String {
 
 /// A gateway and a second replica on `redis`, one user logged in on the first; the browser on
 /// the second replica has never been served there (nothing cached).
-async fn outage_setup(redis: &PrivateRedis) -> (TestEnv, Browser, Browser) {
+async fn outage_setup(redis: &RedisServer) -> (TestEnv, Browser, Browser) {
     let mut env = TestEnv::start(Options::new(StoreKind::Redis).redis_url(&redis.url())).await;
     let replica = env.add_replica().await;
     let browser = env.browser();
@@ -421,14 +423,16 @@ async fn assert_unavailable_during_outage(env: &TestEnv, cold: &Browser) -> Vec<
 /// After the outage: ready again, and the same cookie works on both replicas.
 async fn assert_recovered(env: &TestEnv, browser: &Browser, cold: &Browser) {
     let health = env.browser();
-    eventually("/readyz is 200 again", || async {
+    eventually("/readyz is 200 again", PATIENCE, async || {
         probe(&health, "/readyz").await.status == StatusCode::OK
     })
     .await;
     for (who, b) in [("first replica", browser), ("second replica", cold)] {
-        eventually(&format!("{who}: the same cookie works again"), || async {
-            probe(b, "/auth/session").await.status == StatusCode::OK
-        })
+        eventually(
+            &format!("{who}: the same cookie works again"),
+            PATIENCE,
+            async || probe(b, "/auth/session").await.status == StatusCode::OK,
+        )
         .await;
         let outcome = probe(b, "/pleo/v2/employees").await;
         assert_eq!(outcome.status, StatusCode::OK, "{who}: {outcome:?}");
@@ -443,7 +447,7 @@ async fn assert_recovered(env: &TestEnv, browser: &Browser, cold: &Browser) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_frozen_mid_traffic_then_thawed_keeps_the_session() {
     let test = async {
-        let redis = PrivateRedis::start().await;
+        let redis = RedisServer::start().await;
         let (env, browser, cold) = outage_setup(&redis).await;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let flow = traffic(
@@ -486,7 +490,7 @@ async fn redis_frozen_mid_traffic_then_thawed_keeps_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped_mid_traffic_then_restarted_keeps_the_session() {
     let test = async {
-        let mut redis = PrivateRedis::start_persistent().await;
+        let mut redis = RedisServer::start_persistent().await;
         let (env, browser, cold) = outage_setup(&redis).await;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let flow = traffic(

@@ -12,7 +12,6 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use axum::{
@@ -24,10 +23,12 @@ use axum::{
 use reqwest::{StatusCode, header};
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::support::{self, Browser, Options, SESSION_COOKIE, StoreKind, TestEnv, json_body};
+use crate::support::{
+    Browser, Options, PATIENCE, SESSION_COOKIE, StoreKind, TestEnv, eventually, json_body,
+    require_program,
+};
 
 const NGINX: &str = "/usr/sbin/nginx";
-const NGINX_MISSING: &str = "nginx is not installed: apt-get install -y nginx";
 /// The addresses the README's example proxies to.
 const README_GATEWAY: &str = "127.0.0.1:8080";
 const README_APP: &str = "127.0.0.1:3000";
@@ -169,7 +170,7 @@ impl Nginx {
     /// Runs the README's example in front of `gateway` and `app`, listening on a free port;
     /// returns once that port accepts connections.
     async fn start(gateway: SocketAddr, app: SocketAddr) -> (Nginx, SocketAddr) {
-        assert!(Path::new(NGINX).exists(), "{NGINX_MISSING}");
+        require_program(NGINX, "nginx");
         let block = readme_nginx_block();
         for address in [README_GATEWAY, README_APP] {
             assert!(
@@ -224,24 +225,24 @@ impl Nginx {
             .unwrap_or_else(|e| panic!("cannot start {NGINX}: {e}"));
         let mut nginx = Nginx { child, dir };
 
-        let deadline = tokio::time::Instant::now() + support::PATIENCE;
-        loop {
-            if let Some(status) = nginx.child.try_wait().expect("nginx status") {
-                panic!(
-                    "nginx exited ({status}) with this configuration:\n{conf}\nerror log:\n{}",
-                    nginx.error_log()
-                );
-            }
-            if tokio::net::TcpStream::connect(listen).await.is_ok() {
-                return (nginx, listen);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nginx did not listen on {listen}; error log:\n{}",
-                nginx.error_log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(
+            &format!("nginx to listen on {listen}"),
+            PATIENCE,
+            async || {
+                if let Some(status) = nginx.child.try_wait().expect("nginx status") {
+                    panic!(
+                        "nginx exited ({status}) with this configuration:\n{conf}\nerror log:\n{}",
+                        nginx.error_log()
+                    );
+                }
+                match tokio::net::TcpStream::connect(listen).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("{e}; error log:\n{}", nginx.error_log())),
+                }
+            },
+        )
+        .await;
+        (nginx, listen)
     }
 
     fn error_log(&self) -> String {
@@ -316,7 +317,7 @@ struct Stack {
 impl Stack {
     async fn start() -> Stack {
         // Fail before anything else starts when nginx is missing.
-        assert!(Path::new(NGINX).exists(), "{NGINX_MISSING}");
+        require_program(NGINX, "nginx");
         let env = TestEnv::start(Options::new(StoreKind::Memory)).await;
         // The login goes to the gateway itself: the mock's redirect_uri is fixed to it.
         let browser: Browser = env.browser();
@@ -346,7 +347,7 @@ impl Stack {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .timeout(support::PATIENCE)
+            .timeout(PATIENCE)
             .build()
             .expect("reqwest client");
         Stack {

@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
 
 use crate::support::{
-    Options, SESSION_COOKIE, SetCookie, StoreKind, TestEnv, eventually, json_body, location,
-    session_set_cookie,
+    Options, PATIENCE, SESSION_COOKIE, SetCookie, StoreKind, TestEnv, eventually, json_body,
+    location, session_set_cookie,
 };
 
 /// The pending-login cookies a response sets or clears.
@@ -283,7 +283,7 @@ async fn a_session_without_a_subject_is_not_vouched_for_until_pleo_names_it() {
     assert_eq!(api.status(), StatusCode::OK, "the Pleo API keeps working");
 
     env.mock.set_introspect_failure(None);
-    eventually("the subject to be confirmed", || async {
+    eventually("the subject to be confirmed", PATIENCE, async || {
         let check = browser.send(browser.get("/auth/check")).await;
         check.status() == StatusCode::OK && check.headers().contains_key("x-pleo-subject")
     })

@@ -7,7 +7,7 @@ use reqwest::{StatusCode, header};
 use tokio::time::Instant;
 
 use crate::support::{
-    Options, SESSION_COOKIE, StoreKind, TestEnv, bearer_seen_by_pleo, json_body,
+    Options, SESSION_COOKIE, StoreKind, TestEnv, bearer_seen_by_pleo, eventually, json_body,
     session_set_cookie, wait_until_refresh_due,
 };
 
@@ -224,16 +224,12 @@ async fn proactive_refresh_renews_active_sessions_before_requests_need_it() {
 
     // Background refresh is due at 8 s - 2 × 2 s = 4 s; a request-driven one only at 6 s.
     let request_driven_at = issued + LIFETIME - MARGIN;
-    loop {
-        if env.mock.stats().refresh_token_grants >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < request_driven_at,
-            "no background refresh before a request would have needed one"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "a background refresh before a request would have needed one",
+        request_driven_at.saturating_duration_since(Instant::now()),
+        async || env.mock.stats().refresh_token_grants >= 1,
+    )
+    .await;
     tokio::time::sleep_until(request_driven_at + Duration::from_millis(300)).await;
     let stats = env.mock.stats();
     assert_eq!(

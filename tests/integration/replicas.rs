@@ -115,7 +115,7 @@ async fn three_replicas_300_concurrent_requests_at_expiry_refresh_once() {
 
 /// The remaining lifetime (ms) of every refresh lock under `prefix` in the shared test Redis.
 async fn refresh_locks(prefix: &str) -> Vec<(String, i64)> {
-    let client = redis::Client::open(redis_url()).expect("redis url");
+    let client = redis::Client::open(redis_url().await).expect("redis url");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await

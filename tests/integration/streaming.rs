@@ -132,10 +132,11 @@ async fn large_upload_streams_through_intact() {
         async move {
             if index == chunks / 2 {
                 let seen = tokio::time::timeout(Duration::from_secs(10), async {
-                    eventually("the mock reads the upload", || async {
-                        tap.echo_bytes_received() > 0
-                    })
-                    .await;
+                    // The check owns its `Arc`: this body stream must be `Send`, and rustc cannot
+                    // yet prove that of a check that borrows from its closure.
+                    let tap = Arc::clone(&tap);
+                    let reading = move || std::future::ready(tap.echo_bytes_received() > 0);
+                    eventually("the mock reads the upload", PATIENCE, reading).await;
                 })
                 .await;
                 flag.store(seen.is_ok(), Ordering::SeqCst);
