@@ -79,3 +79,17 @@ impl Drop for Watchdog {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_missing_program_fails_at_once_with_its_install_command() {
+    let missing = std::panic::catch_unwind(|| require_program("/nonexistent/nginx", "nginx"))
+        .expect_err("a missing program panics");
+    let message = missing
+        .downcast_ref::<String>()
+        .expect("a formatted panic message");
+    assert_eq!(
+        message,
+        "/nonexistent/nginx is not installed: apt-get install -y nginx"
+    );
+    assert!(require_program("sh", "dash").is_file(), "found on PATH");
+}
