@@ -5,7 +5,7 @@ use reqwest::{StatusCode, header};
 
 use crate::support::{
     CLIENT_ID, Options, SCOPES, SESSION_COOKIE, StoreKind, TestEnv, json_body, location, query_map,
-    random_b64, session_set_cookie,
+    random_b64, session_set_cookie, set_cookie_named,
 };
 
 for_each_store! {
@@ -82,28 +82,84 @@ for_each_store! {
         assert_eq!(env.mock.stats().api_requests, before, "nothing reached Pleo");
     }
 
-    /// A callback URL used twice: the second time the state is spent, and no session results.
+    /// A callback URL used twice. The callback clears its pending-login cookie whatever the
+    /// outcome, and Pleo's code is single-use, so a replay gets nowhere:
+    ///
+    /// (a) from the same browser, its pending login is spent (the cookie is gone): refused as
+    ///     `invalid_state` before any token request — also while that browser has another login
+    ///     pending, because a pending login opens only for its own state;
+    /// (b) with a copy of the pending-login cookie taken before the callback (a thief's), the
+    ///     gateway does try the code, Pleo refuses it as spent, and no session results.
     async fn replayed_state_is_rejected(store) {
         let env = TestEnv::start(Options::new(store)).await;
         let browser = env.browser();
-        let (first, trip) = browser.login_with("").await;
+        let authorize_url = browser.begin_login("").await;
+        let pending = browser.pending_logins();
+        assert_eq!(pending.len(), 1, "one login in progress: {pending:?}");
+        let (pending_name, stolen_value) = pending[0].clone();
+        let callback_url = browser.authorize(&authorize_url).await;
+        let first = browser.send(browser.get(callback_url.as_str())).await;
         assert_eq!(first.status(), StatusCode::FOUND);
-        assert!(session_set_cookie(&first).is_some());
+        let session = session_set_cookie(&first).expect("the first callback logs in").value;
+        let cleared = set_cookie_named(&first, &pending_name)
+            .expect("the callback answers with a Set-Cookie for its pending login");
+        assert!(
+            cleared.value.is_empty() && cleared.max_age == Some(0),
+            "the callback clears its pending login: {cleared:?}"
+        );
+        assert_eq!(browser.pending_logins(), vec![], "the browser dropped it");
+        let stats = env.mock.stats();
+        assert_eq!(stats.token_requests, 1, "{stats:?}");
+        assert_eq!(stats.authorization_code_grants, 1, "{stats:?}");
 
-        let attacker = env.browser();
-        let replay = attacker.send(attacker.get(trip.callback_url.as_str())).await;
+        // (a) The same browser, with no pending login left: refused on the state alone.
+        let replay = browser.send(browser.get(callback_url.as_str())).await;
         assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
         assert!(session_set_cookie(&replay).is_none(), "no session for a replay");
-        let body = json_body(replay).await;
-        assert_eq!(body["error"], "invalid_state");
-        assert_eq!(attacker.cookie(SESSION_COOKIE), None);
-        let info = attacker.send(attacker.get("/auth/session")).await;
-        assert_eq!(info.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(json_body(replay).await["error"], "invalid_state");
         assert_eq!(
             env.mock.stats().token_requests,
             1,
-            "the replayed code never went to the token endpoint"
+            "the spent state never led to a token request"
         );
+        // Another login of the same browser is pending (another tab): its cookie is no key to
+        // the spent state.
+        let _another = browser.begin_login("").await;
+        assert_eq!(browser.pending_logins().len(), 1);
+        let replay = browser.send(browser.get(callback_url.as_str())).await;
+        assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+        assert!(session_set_cookie(&replay).is_none(), "no session for a replay");
+        assert_eq!(json_body(replay).await["error"], "invalid_state");
+        assert_eq!(
+            env.mock.stats().token_requests,
+            1,
+            "another login's cookie did not open the spent state"
+        );
+        assert_eq!(browser.cookie(SESSION_COOKIE), Some(session), "the session is untouched");
+
+        // (b) A thief with a copy of the pending-login cookie: the state opens, the code does not.
+        let thief = env.browser();
+        thief.set_cookie(&pending_name, &stolen_value);
+        let replay = thief.send(thief.get(callback_url.as_str())).await;
+        let status = replay.status();
+        assert!(session_set_cookie(&replay).is_none(), "no session for a replay");
+        let body = json_body(replay).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert_eq!(body["error"], "token_exchange_failed", "{body}");
+        let stats = env.mock.stats();
+        assert_eq!(
+            stats.token_requests, 2,
+            "with the copied cookie the gateway did present the code: {stats:?}"
+        );
+        assert_eq!(
+            stats.authorization_code_grants, 1,
+            "Pleo refused the spent code: {stats:?}"
+        );
+        assert_eq!(thief.cookie(SESSION_COOKIE), None);
+        let info = thief.send(thief.get("/auth/session")).await;
+        assert_eq!(info.status(), StatusCode::UNAUTHORIZED);
+        let info = browser.send(browser.get("/auth/session")).await;
+        assert_eq!(info.status(), StatusCode::OK, "the replays left the first session alone");
     }
 
     /// A state the gateway never issued is refused before any token exchange.

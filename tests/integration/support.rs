@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 pub use browser::{
     Browser, SESSION_COOKIE, SetCookie, bearer_seen_by_pleo, burst, json_body, location, query_map,
-    session_set_cookie,
+    session_set_cookie, set_cookie_named,
 };
 pub use env::{Options, StoreKind, TestEnv};
 pub use process::require_program;

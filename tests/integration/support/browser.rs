@@ -107,6 +107,17 @@ impl Browser {
         browser
     }
 
+    /// The pending-login cookies in the jar (name and value), one per login in progress.
+    pub fn pending_logins(&self) -> Vec<(String, String)> {
+        self.cookies
+            .lock()
+            .expect("jar lock")
+            .iter()
+            .filter(|(name, _)| name.starts_with(LOGIN_COOKIE_PREFIX))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
+    }
+
     /// Puts a cookie in the jar (to plant one before login, say).
     pub fn set_cookie(&self, name: &str, value: &str) {
         self.cookies
@@ -226,16 +237,23 @@ impl SetCookie {
 
 /// The gateway's session cookie name with a plain-http `public_url` (no `__Host-` prefix).
 pub const SESSION_COOKIE: &str = "pleo-session";
+/// The start of a pending-login cookie's name (plain http); the rest is a tag of its `state`.
+pub const LOGIN_COOKIE_PREFIX: &str = "pleo-session-login-";
 
 /// The `Set-Cookie` of the session cookie in `response`, if any.
 pub fn session_set_cookie(response: &reqwest::Response) -> Option<SetCookie> {
+    set_cookie_named(response, SESSION_COOKIE)
+}
+
+/// The `Set-Cookie` of cookie `name` in `response`, if any.
+pub fn set_cookie_named(response: &reqwest::Response, name: &str) -> Option<SetCookie> {
     response
         .headers()
         .get_all(header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(SetCookie::parse)
-        .find(|cookie| cookie.name == SESSION_COOKIE)
+        .find(|cookie| cookie.name == name)
 }
 
 /// The `Location` of a redirect, resolved against the request URL.
