@@ -166,11 +166,59 @@ mod tests {
         assert!(!old.as_str().contains(id.as_str()));
     }
 
+    /// The shape of an encoded id, spelled out independently of [`SessionId::parse`]: 32 bytes
+    /// in base64url without padding.
+    const ID_LEN: usize = 43;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    /// `len` characters of the alphabet.
+    fn from_alphabet(len: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(ALPHABET), len)
+            .prop_map(|bytes| bytes.into_iter().map(char::from).collect())
+    }
+
+    /// One character that no id contains: ASCII outside the alphabet (`+`, `/`, `=`, `.`, space,
+    /// controls…) or any non-ASCII character.
+    fn foreign_char() -> impl Strategy<Value = char> {
+        let ascii: Vec<char> = (0u8..128)
+            .filter(|b| !ALPHABET.contains(b))
+            .map(char::from)
+            .collect();
+        prop_oneof![
+            3 => proptest::sample::select(ascii),
+            1 => any::<char>().prop_filter("non-ASCII", |c| !c.is_ascii()),
+        ]
+    }
+
+    /// A candidate cookie value and whether it is shaped like an id. About half are; the rest
+    /// are near misses (one character short or over, or one foreign character anywhere in an
+    /// otherwise valid value), plus some arbitrary text.
+    fn candidates() -> impl Strategy<Value = (String, bool)> {
+        let one_foreign =
+            (from_alphabet(ID_LEN), 0..ID_LEN, foreign_char()).prop_map(|(valid, at, foreign)| {
+                let mut chars: Vec<char> = valid.chars().collect();
+                chars[at] = foreign;
+                chars.into_iter().collect()
+            });
+        prop_oneof![
+            10 => from_alphabet(ID_LEN).prop_map(|s| (s, true)),
+            2 => from_alphabet(ID_LEN - 1).prop_map(|s| (s, false)),
+            2 => from_alphabet(ID_LEN + 1).prop_map(|s| (s, false)),
+            4 => one_foreign.prop_map(|s| (s, false)),
+            2 => "\\PC{0,80}".prop_map(|s| {
+                let valid = s.len() == ID_LEN && s.bytes().all(|b| ALPHABET.contains(&b));
+                (s, valid)
+            }),
+        ]
+    }
+
     proptest! {
         #[test]
-        fn parse_rejects_anything_not_shaped_like_an_id(s in "\\PC{0,80}") {
-            if let Some(id) = SessionId::parse(&s) {
-                prop_assert_eq!(id.as_str().len(), ENCODED_LEN);
+        fn parse_accepts_exactly_values_shaped_like_an_id((s, valid) in candidates()) {
+            let parsed = SessionId::parse(&s);
+            prop_assert_eq!(parsed.is_some(), valid, "parse({:?})", s);
+            if let Some(id) = parsed {
+                prop_assert_eq!(id.as_str(), s.as_str());
             }
         }
     }
