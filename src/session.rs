@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod cache;
+mod clock;
 pub mod cookie;
 pub mod id;
 pub mod memory_store;
@@ -15,79 +16,16 @@ pub mod redis_store;
 pub mod seal;
 pub mod store;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+pub use clock::{Clock, now_ms};
 pub use id::{SessionHasher, SessionId, SessionKey};
 pub use store::{BackoffPolicy, CasOutcome, Store, StoreError, StoredSession};
 
 use seal::Sealer;
-
-/// Unix time in milliseconds, from the system clock. Same as `Clock::System.now_ms()`.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// Where time-based decisions read "now" in unix milliseconds: the system clock in production,
-/// or Tokio's clock so that tests can drive them with paused time.
-///
-/// Token expiry and refresh back-off are unix-ms instants (they are stored, and compared by
-/// every replica), so they cannot simply follow `tokio::time::Instant`, which paused-time tests
-/// control. `Tokio` bridges the two: the unix time when it was made plus the Tokio time elapsed
-/// since. Under `#[tokio::test(start_paused = true)]` it moves only with `tokio::time::advance`
-/// or auto-advanced sleeps, and always in step with `tokio::time::sleep` and `timeout`.
-///
-/// Production uses `System`, not `Tokio`: session expiry is written by code that reads the
-/// system clock ([`now_ms`]) and back-off deadlines are shared with other replicas, and a
-/// monotonic clock anchored at start-up would drift from them by whatever NTP corrects over the
-/// life of the process. Durations measured within one process (how long to poll a lock, how
-/// long to retry a write) need no `Clock`: they use `tokio::time::Instant`, which paused time
-/// controls too.
-///
-/// An enum rather than a trait: two behaviours, `Copy`, nothing generic to thread through.
-/// Only the refresh decisions (`token/refresh.rs`) take a `Clock` for now; the other
-/// callers of [`now_ms`] can move to it when they want paused-time tests.
-#[derive(Clone, Copy, Debug, Default)]
-pub enum Clock {
-    /// The system clock ([`now_ms`]).
-    #[default]
-    System,
-    /// `unix_ms_at_start` plus the Tokio time elapsed since `start`; see [`Clock::tokio`].
-    Tokio {
-        /// Unix ms when the clock was made.
-        unix_ms_at_start: u64,
-        /// Tokio's instant when the clock was made.
-        start: tokio::time::Instant,
-    },
-}
-
-impl Clock {
-    /// A clock that follows Tokio's (pausable) time from the current unix time on. Call it
-    /// inside the runtime whose clock it should follow (e.g. in a paused-time test).
-    pub fn tokio() -> Self {
-        Self::Tokio {
-            unix_ms_at_start: now_ms(),
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Unix time in milliseconds.
-    pub fn now_ms(&self) -> u64 {
-        match self {
-            Self::System => now_ms(),
-            Self::Tokio {
-                unix_ms_at_start,
-                start,
-            } => unix_ms_at_start
-                .saturating_add(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)),
-        }
-    }
-}
 
 /// The tokens and identity of one session.
 #[derive(Clone, Debug)]
@@ -173,6 +111,8 @@ pub struct Sessions {
     idle_timeout: Duration,
     absolute_timeout: Duration,
     cache: std::sync::Arc<cache::SessionCache>,
+    /// Where "now" comes from for expiry decisions ([`Clock::System`] outside tests).
+    clock: Clock,
     /// Unit tests only: how many of the next [`Sessions::replace`] calls fail as if the store
     /// were down (see [`Sessions::fail_next_writes`]). Shared by clones, like the store.
     #[cfg(test)]
@@ -195,9 +135,18 @@ impl Sessions {
             idle_timeout,
             absolute_timeout,
             cache: std::sync::Arc::default(),
+            clock: Clock::System,
             #[cfg(test)]
             failing_writes: std::sync::Arc::default(),
         }
+    }
+
+    /// The same sessions, with expiry decided by `clock` (`Clock::tokio()` in paused-time
+    /// tests). Every clone shares the store and cache, so the refresh coordinator and the
+    /// guard see one clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Unit tests only: makes the next `n` session writes ([`Sessions::replace`]) fail with
@@ -222,7 +171,7 @@ impl Sessions {
 
     /// The first of `keys` the store holds a session under, its idle expiry slid.
     async fn load_under(&self, keys: &[SessionKey]) -> Result<Option<Session>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for key in keys {
             if let Some(stored) = self
                 .store
@@ -245,7 +194,8 @@ impl Sessions {
         // older candidate's for sessions created before it.
         let keys: Vec<SessionKey> = self.hasher.candidates(id.as_str()).collect();
         // The deadline is known here, so no cached copy outlives it, not even by a second.
-        let before_deadline = |session: &Session| session.absolute_deadline_ms > now_ms();
+        let before_deadline =
+            |session: &Session| session.absolute_deadline_ms > self.clock.now_ms();
         if let Some(session) = keys
             .iter()
             .find_map(|key| self.cache.fresh(key))
@@ -269,7 +219,7 @@ impl Sessions {
             Err(e) => match keys.iter().find_map(|key| self.cache.any(key)) {
                 Some(session)
                     if before_deadline(&session)
-                        && session.data.access_expires_at_ms > now_ms() =>
+                        && session.data.access_expires_at_ms > self.clock.now_ms() =>
                 {
                     tracing::warn!(session = session.key.short(), error = %e, "session store failing; using the cached session");
                     Ok(Some(session))
@@ -291,7 +241,7 @@ impl Sessions {
 
     /// Re-reads a session by key without sliding its expiry (used after waiting for a lock).
     pub async fn reload(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
-        let stored = self.store.load(key.as_str(), now_ms()).await?;
+        let stored = self.store.load(key.as_str(), self.clock.now_ms()).await?;
         let session = stored.and_then(|s| self.open(key.clone(), s));
         match &session {
             Some(session) => self.cache.put(session),
@@ -322,7 +272,7 @@ impl Sessions {
     pub async fn create(&self, data: SessionData) -> Result<(SessionId, Session), StoreError> {
         let id = SessionId::generate();
         let key = self.hasher.current(id.as_str());
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let deadline = now
             .saturating_add(u64::try_from(self.absolute_timeout.as_millis()).unwrap_or(u64::MAX));
         let blob = self.cipher.seal(&data.to_bytes(), key.as_str().as_bytes());
@@ -368,7 +318,7 @@ impl Sessions {
                 expected_version,
                 &blob,
                 self.idle_timeout,
-                now_ms(),
+                self.clock.now_ms(),
             )
             .await?;
         // The cached copy holds the tokens just replaced (after a refresh, a rotated access
@@ -447,3 +397,6 @@ impl Sessions {
         self.store.clear_refresh_backoff(key.as_str()).await
     }
 }
+
+#[cfg(test)]
+mod tests;

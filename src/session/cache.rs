@@ -12,8 +12,11 @@ use std::{
         RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+// Tokio's instant: the same clock as std's in production, and one paused-time tests control.
+use tokio::time::Instant;
 
 use super::{Session, SessionKey};
 
