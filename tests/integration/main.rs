@@ -10,7 +10,6 @@ mod support;
 mod at_rest;
 mod browser;
 mod config_cli;
-mod connections;
 mod failures;
 mod forward_auth;
 mod health;

@@ -13,11 +13,19 @@
 //!
 //! Everything is re-exported here, so tests `use crate::support::{…}` without minding the layout.
 
+// Explicit paths: the `load` test binary includes this file too (`#[path]` from tests/load/),
+// and these keep its children where they are for both.
+#[path = "support/browser.rs"]
 pub mod browser;
+#[path = "support/env.rs"]
 pub mod env;
+#[path = "support/mock_tap.rs"]
 pub mod mock_tap;
+#[path = "support/process.rs"]
 pub mod process;
+#[path = "support/redis.rs"]
 pub mod redis;
+#[path = "support/wait.rs"]
 pub mod wait;
 
 use base64::{Engine, engine::general_purpose::STANDARD};

@@ -8,7 +8,10 @@
 //! is killed (SIGKILL, then reaped) when dropped, and a [`Watchdog`] kills it and removes its
 //! directory if the test process ends without dropping it.
 
+// Paths relative to this file's directory: it is reached through `#[path]` (see support.rs).
+#[path = "redis/shared.rs"]
 pub mod shared;
+#[path = "redis/topology.rs"]
 pub mod topology;
 
 use std::{
