@@ -72,7 +72,13 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let store = app::open_store(&config).await?;
     let state = app::AppState::new(config, store)?;
     if let Some(metrics_addr) = state.config.server.metrics_listen {
-        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {metrics_addr} for /metrics (server.metrics_listen; \"off\" disables it): {e}"
+                )
+            })?;
         tracing::info!(address = %metrics_addr, "metrics listening");
         let router = axum::Router::new().route(
             "/metrics",
@@ -85,7 +91,9 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
             shutdown::signal(),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (server.listen): {e}"))?;
     tracing::info!(address = %listener.local_addr()?, "pleo-gateway listening");
     pleo_gateway::server::serve(listener, app::app(state), options, shutdown::signal()).await?;
     tracing::info!("pleo-gateway stopped");
