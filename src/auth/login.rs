@@ -15,7 +15,7 @@ use crate::{
     error::{GatewayError, QueryParams, redirect},
     forwarded,
     session::{
-        SessionData,
+        SessionData, SessionId,
         cookie::{cookie_pairs, find_cookie},
         id::random_token,
         now_ms,
@@ -57,6 +57,11 @@ pub async fn begin_login(
         .return_to
         .as_deref()
         .filter(|r| r.len() <= MAX_RETURN_TO_BYTES);
+    // The binding cookie is reused when the browser already has one, so logins started in
+    // several tabs can all complete.
+    let binding = find_cookie(&headers, &state.cookies.binding_name())
+        .filter(|v| SessionId::parse(v).is_some())
+        .map_or_else(random_token, str::to_owned);
     let login_state = random_token();
     let authorize = state
         .oauth
@@ -67,9 +72,14 @@ pub async fn begin_login(
         sanitize_return_to(return_to),
         subject_hint,
         now_ms(),
+        &binding,
     );
     let mut response = redirect(authorize.url.as_str());
     let cookies = response.headers_mut();
+    cookies.append(
+        header::SET_COOKIE,
+        state.cookies.set_binding(&binding, state.logins.ttl()),
+    );
     // At most MAX_PENDING_LOGINS per browser: the oldest (and any unreadable) give way.
     let present: Vec<(String, Option<u64>)> = cookie_pairs(&headers)
         .filter_map(|(name, value)| {
@@ -171,6 +181,12 @@ async fn finish_login(
             tracing::warn!("callback without a valid pending login for its state; refused");
             GatewayError::LoginStateInvalid
         })?;
+    // A pending-login cookie planted from a sibling subdomain carries someone else's login:
+    // only the browser holding the binding cookie it was started with may finish it.
+    if !pending.bound_to(find_cookie(headers, &state.cookies.binding_name())) {
+        tracing::warn!("callback from a browser that did not start this login; refused");
+        return Err(GatewayError::LoginStateInvalid);
+    }
     if let Some(error) = query.error {
         return Err(GatewayError::AuthorizationRefused {
             error: truncate(&error, 64),
@@ -265,6 +281,20 @@ async fn finish_login(
             .cookies
             .set(id.as_str(), state.sessions.absolute_timeout()),
     );
+    // The binding cookie outlives nothing it is needed for: cleared with the last pending login
+    // (logins still pending in other tabs keep it).
+    let now = now_ms();
+    let others_pending = cookie_pairs(headers).any(|(name, value)| {
+        state
+            .cookies
+            .login_tag(name)
+            .is_some_and(|other| other != tag && state.logins.open(other, value, now).is_some())
+    });
+    if !others_pending {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, state.cookies.clear_binding());
+    }
     Ok(response)
 }
 

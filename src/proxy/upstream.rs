@@ -61,17 +61,28 @@ pub async fn proxy_to_upstream(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Result<Response, GatewayError> {
-    let started = tokio::time::Instant::now();
     let Some(upstream) = state.upstream.clone() else {
         return Err(GatewayError::NotFound);
     };
     let (mut parts, body) = request.into_parts();
     let websocket = websocket::is_websocket_upgrade(&parts.method, &parts.headers);
+    // A handshake is a GET without a body (RFC 6455 §4.1). One that declares a body would
+    // reach the app with that framing but none of the bytes (the gateway sends the upgrade
+    // without a body), and whatever came next on the pooled connection would be read as the
+    // missing body: another user's request. Refused before anything is sent.
+    if websocket && has_body_framing(&parts.headers) {
+        return Err(GatewayError::BadRequest(
+            "a WebSocket handshake must not carry a body".into(),
+        ));
+    }
     let session = match admit(&state, &parts, websocket).await? {
         Admission::Public => None,
         Admission::Session(session) => Some(session),
         Admission::LogIn(redirect) => return Ok(redirect),
     };
+    // The body deadline starts now: time spent on the gateway's own checks (a refresh, an
+    // introspection) is not the client's.
+    let started = tokio::time::Instant::now();
 
     let limit = state.config.proxy.max_body_bytes;
     let declared = parts
@@ -141,6 +152,15 @@ pub async fn proxy_to_upstream(
     }
     rewrite::response_headers(&mut parts.headers, &state.cookies, upgraded);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Whether the headers announce a body: a non-zero `Content-Length` or any `Transfer-Encoding`.
+fn has_body_framing(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
 }
 
 /// Whether a request may go to the app, and as whom.

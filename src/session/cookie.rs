@@ -72,14 +72,31 @@ impl CookieSettings {
         self.header_at(&self.login_name(tag), value, max_age.as_secs(), LOGIN_PATH)
     }
 
+    /// Name of the browser-binding cookie that ties pending logins to this browser: the session
+    /// cookie's name with `-login` appended (so `__Host-` over HTTPS: no sibling subdomain can
+    /// set it).
+    pub fn binding_name(&self) -> String {
+        format!("{}-login", self.name)
+    }
+
+    /// `Set-Cookie` for the browser-binding cookie (`Path=/`, as `__Host-` requires).
+    pub fn set_binding(&self, value: &str, max_age: Duration) -> HeaderValue {
+        self.header_at(&self.binding_name(), value, max_age.as_secs(), "/")
+    }
+
+    /// `Set-Cookie` that removes the browser-binding cookie.
+    pub fn clear_binding(&self) -> HeaderValue {
+        self.header_at(&self.binding_name(), "", 0, "/")
+    }
+
     /// `Set-Cookie` that removes a pending-login cookie.
     pub fn clear_login(&self, tag: &str) -> HeaderValue {
         self.header_at(&self.login_name(tag), "", 0, LOGIN_PATH)
     }
 
     /// Whether a cookie of this name belongs to the gateway (the session cookie under its
-    /// effective or configured name, a pending-login cookie, or the login-binding cookie of
-    /// earlier versions): such cookies never reach the app.
+    /// effective or configured name, a pending-login cookie, or the browser-binding cookie):
+    /// such cookies never reach the app.
     pub fn is_gateway_cookie(&self, name: &str) -> bool {
         // Case-insensitive: browsers match the `__Host-`/`__Secure-` prefixes without regard to
         // case, so a differently cased copy could still shadow ours.

@@ -11,7 +11,12 @@
 //!   code is single-use at Pleo: a replayed callback URL from a browser that already used it
 //!   finds no cookie (400), and one replayed with a copied cookie gets a spent code (400).
 //! - **Login CSRF** (RFC 6749 §10.12). Only the browser that started a login holds its cookie, so
-//!   a callback URL sent to someone else finds nothing to complete.
+//!   a callback URL sent to someone else finds nothing to complete. A pending-login cookie must
+//!   use `__Secure-` and `Path=/auth/`, which a sibling subdomain could still set ("cookie
+//!   tossing": plant the attacker's own pending login, then send the victim its callback URL),
+//!   so each login is also bound to the browser by a `__Host-` binding cookie (`Path=/`, which
+//!   only this host can set): the login stores the SHA-256 of its value and the callback
+//!   compares.
 //! - **Several tabs.** Each login has its own cookie, named by a tag of its `state`; at most
 //!   [`MAX_PENDING_LOGINS`] are kept per browser, the oldest giving way, which bounds the
 //!   `Cookie` header `/auth/*` requests carry.
@@ -30,6 +35,10 @@ use crate::config::EncryptionKey;
 /// Longest `return_to` kept, in bytes; a longer one falls back to `/`. It keeps one sealed
 /// login cookie (about 1.35 × this plus 200 bytes) well inside browsers' 4 KiB per cookie.
 pub const MAX_RETURN_TO_BYTES: usize = 2048;
+
+/// Longest sealed value of one pending-login cookie: with its name and attributes it stays
+/// under the 4096 bytes browsers keep per cookie.
+pub const MAX_COOKIE_VALUE_BYTES: usize = 3800;
 
 /// Most logins in progress per browser: several tabs may log in at once, and with three cookies
 /// of at most about 3 KiB the `Cookie` header of `/auth/*` stays inside the default 16 KiB head.
@@ -54,6 +63,9 @@ pub struct PendingLogin {
     /// SHA-256 (hex) of the `state` this login was started with.
     #[serde(rename = "s")]
     state_digest: String,
+    /// SHA-256 (hex) of the browser-binding cookie of the browser that started it.
+    #[serde(rename = "b")]
+    binding_digest: String,
 }
 
 impl PendingLogin {
@@ -64,6 +76,7 @@ impl PendingLogin {
         return_to: String,
         subject_hint: Option<String>,
         now_ms: u64,
+        binding: &str,
     ) -> Self {
         Self {
             pkce_verifier,
@@ -71,7 +84,13 @@ impl PendingLogin {
             subject_hint,
             issued_at_ms: now_ms,
             state_digest: digest(state),
+            binding_digest: digest(binding),
         }
+    }
+
+    /// Whether `binding` (the browser-binding cookie's value) is the one this login started with.
+    pub fn bound_to(&self, binding: Option<&str>) -> bool {
+        binding.is_some_and(|b| digest(b) == self.binding_digest)
     }
 }
 
@@ -101,8 +120,22 @@ impl PendingLogins {
         digest(state)[..16].to_owned()
     }
 
-    /// The cookie value for `login`, to be stored under the tag of its state.
+    /// The cookie value for `login`, to be stored under the tag of its state. A `return_to`
+    /// that would make the value too long for a browser to keep (JSON escaping can double it)
+    /// is dropped for `/`.
     pub fn seal(&self, login: &PendingLogin) -> String {
+        let sealed = self.seal_exactly(login);
+        if sealed.len() <= MAX_COOKIE_VALUE_BYTES {
+            return sealed;
+        }
+        let shorter = PendingLogin {
+            return_to: "/".into(),
+            ..login.clone()
+        };
+        self.seal_exactly(&shorter)
+    }
+
+    fn seal_exactly(&self, login: &PendingLogin) -> String {
         let plain = serde_json::to_vec(login).unwrap_or_default();
         let tag = &login.state_digest[..16];
         URL_SAFE_NO_PAD.encode(self.cipher.seal(&plain, &context(tag)))
@@ -164,7 +197,14 @@ mod tests {
     }
 
     fn sample(state: &str) -> PendingLogin {
-        PendingLogin::new(state, "verifier".into(), "/x?y=1".into(), None, 1_000)
+        PendingLogin::new(
+            state,
+            "verifier".into(),
+            "/x?y=1".into(),
+            None,
+            1_000,
+            "binding",
+        )
     }
 
     #[test]
@@ -219,9 +259,31 @@ mod tests {
             "/".repeat(MAX_RETURN_TO_BYTES),
             Some(format!("urn:pleo:organisation:{}", "f".repeat(64))),
             u64::MAX,
+            "binding",
         );
         let cookie = format!("__Secure-pleo-session-login-{}=", "0".repeat(16));
         assert!(cookie.len() + logins.seal(&login).len() < 4000);
+    }
+
+    #[test]
+    fn a_return_to_that_escapes_too_long_falls_back_to_the_start_page() {
+        let logins = logins();
+        let quotes = format!("/{}", "\"".repeat(MAX_RETURN_TO_BYTES - 1));
+        let login = PendingLogin::new("s", "v".repeat(43), quotes, None, 1, "b");
+        let sealed = logins.seal(&login);
+        assert!(sealed.len() <= MAX_COOKIE_VALUE_BYTES, "{}", sealed.len());
+        assert_eq!(
+            logins.open_for_state("s", &sealed, 2).unwrap().return_to,
+            "/"
+        );
+    }
+
+    #[test]
+    fn a_login_is_bound_to_the_browser_that_started_it() {
+        let login = sample("s");
+        assert!(login.bound_to(Some("binding")));
+        assert!(!login.bound_to(Some("another browser")));
+        assert!(!login.bound_to(None));
     }
 
     #[test]

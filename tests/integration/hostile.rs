@@ -243,3 +243,30 @@ async fn a_session_without_a_subject_is_not_vouched_for_until_pleo_names_it() {
             .is_some_and(|s| s.starts_with("urn:pleo:"))
     );
 }
+
+/// Login CSRF by cookie tossing: a sibling subdomain can set a `__Secure-…-login-…` cookie for
+/// `/auth/`, so an attacker plants their own pending login in the victim's browser and sends
+/// the victim its callback URL. The victim's browser lacks the `__Host-` binding cookie that
+/// login was started with: refused, and the attacker's code is never exchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tossed_pending_login_cookie_logs_nobody_in() {
+    let env = TestEnv::start(Options::new(StoreKind::Memory)).await;
+    let attacker = env.browser();
+    let started = attacker.send(attacker.get("/auth/login")).await;
+    let planted = login_cookies(&started)
+        .into_iter()
+        .find(|c| c.max_age != Some(0))
+        .expect("a pending-login cookie");
+    let callback = attacker.authorize(&location(&started)).await;
+
+    let victim = env.browser();
+    victim.set_cookie(&planted.name, &planted.value);
+    let response = victim.send(victim.get(callback.as_str())).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        session_set_cookie(&response).is_none(),
+        "no session for the victim"
+    );
+    assert_eq!(json_body(response).await["error"], "invalid_state");
+    assert_eq!(env.mock.stats().authorization_code_grants, 0);
+}

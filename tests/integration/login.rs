@@ -97,6 +97,8 @@ for_each_store! {
         let pending = browser.pending_logins();
         assert_eq!(pending.len(), 1, "one login in progress: {pending:?}");
         let (pending_name, stolen_value) = pending[0].clone();
+        let binding_name = format!("{SESSION_COOKIE}-login");
+        let stolen_binding = browser.cookie(&binding_name).expect("the browser-binding cookie");
         let callback_url = browser.authorize(&authorize_url).await;
         let first = browser.send(browser.get(callback_url.as_str())).await;
         assert_eq!(first.status(), StatusCode::FOUND);
@@ -137,9 +139,20 @@ for_each_store! {
         );
         assert_eq!(browser.cookie(SESSION_COOKIE), Some(session), "the session is untouched");
 
-        // (b) A thief with a copy of the pending-login cookie: the state opens, the code does not.
+        // (b) A thief with a copy of the pending-login cookie alone (or a sibling subdomain that
+        // planted it): the login is bound to the browser that started it.
         let thief = env.browser();
         thief.set_cookie(&pending_name, &stolen_value);
+        let replay = thief.send(thief.get(callback_url.as_str())).await;
+        assert_eq!(replay.status(), StatusCode::BAD_REQUEST);
+        assert!(session_set_cookie(&replay).is_none(), "no session for a replay");
+        assert_eq!(json_body(replay).await["error"], "invalid_state");
+        assert_eq!(env.mock.stats().token_requests, 1, "nothing went to Pleo");
+
+        // (c) A thief with copies of both browser cookies: the state opens, the code does not.
+        let thief = env.browser();
+        thief.set_cookie(&pending_name, &stolen_value);
+        thief.set_cookie(&binding_name, &stolen_binding);
         let replay = thief.send(thief.get(callback_url.as_str())).await;
         let status = replay.status();
         assert!(session_set_cookie(&replay).is_none(), "no session for a replay");

@@ -582,3 +582,29 @@ async fn dot_segments_cannot_climb_out_of_the_pleo_api_path() {
         seen.lock().unwrap()
     );
 }
+
+/// A WebSocket handshake that declares a body is refused before anything reaches the app: sent
+/// on with its `Content-Length` but without the bytes, it would make the app read the next
+/// request on that pooled connection (another user's) as the missing body.
+#[tokio::test]
+async fn a_websocket_handshake_with_a_body_is_refused() {
+    let h = Harness::start().await;
+    let origin = h.origin();
+    for framing in [("content-length", "19"), ("transfer-encoding", "chunked")] {
+        let (status, body) = h
+            .raw_get(
+                "/static/a",
+                &[
+                    ("upgrade", "websocket"),
+                    ("connection", "Upgrade"),
+                    ("sec-websocket-version", "13"),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ("origin", &origin),
+                    framing,
+                ],
+            )
+            .await;
+        assert_eq!(status, 400, "{framing:?}: {body}");
+        assert!(body.contains("must not carry a body"), "{body}");
+    }
+}
