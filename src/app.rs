@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         // Metrics are served only on `server.metrics_listen`; here the path is the gateway's.
         .route("/metrics", any(not_found))
+        .route("/metrics/{*rest}", any(not_found))
         .route(&pleo_route, any(proxy::proxy_to_pleo))
         // The gateway's own namespaces never fall through to the app, their roots included.
         .route("/auth", any(not_found))

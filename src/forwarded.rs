@@ -178,6 +178,13 @@ const CLAIMS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-host",
+    "x-host",
+    "x-original-uri",
+    "x-envoy-external-address",
+    "x-envoy-original-path",
+    "fly-client-ip",
+    "cf-connecting-ipv6",
 ];
 
 /// Whether an inbound header is dropped before the gateway's own forwarding headers are set.

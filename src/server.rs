@@ -7,8 +7,10 @@
 //! accept queue (which costs this process nothing), and it closes the oldest open connection:
 //! one that never completed a request head (a slowloris client) is dropped at once, an idle
 //! keep-alive one closes at once, one in the middle of a request finishes its response first.
-//! Holding connections open therefore cannot starve new clients, and memory stays bounded by
-//! the limit times the per-connection cost (about 28 KiB with a 15 KB head held open; see the
+//! A busy connection cannot hold on either: a write to a client that makes no progress for
+//! [`SEND_TIMEOUT`] (the client stopped reading) ends it. Holding connections open therefore
+//! cannot starve new clients for long, and memory stays bounded by the limit times the
+//! per-connection cost (about 28 KiB with a 15 KB head held open; see the
 //! README's security model).
 //!
 //! `axum::serve` exposes none of the limits, so the loop is written out here (as mini-redis'
@@ -18,11 +20,14 @@
 use std::{
     collections::BTreeMap,
     future::Future,
+    io,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -33,8 +38,10 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
     sync::{Notify, oneshot},
+    time::Sleep,
 };
 use tower::ServiceExt;
 
@@ -73,6 +80,11 @@ impl ServeOptions {
         }
     }
 }
+
+/// How long a write to a client may make no progress (as nginx's `send_timeout`): a client that
+/// stops reading a response would otherwise hold its connection, and the app connection behind
+/// it, for ever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// hyper refuses read buffers below 8 KiB.
 const MIN_BUF: usize = 8 * 1024;
@@ -130,7 +142,10 @@ pub async fn serve(
                     }
                 });
                 let connection = http
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                    .serve_connection(
+                        TokioIo::new(SendTimeout::new(stream, SEND_TIMEOUT)),
+                        TowerToHyperService::new(service),
+                    )
                     .with_upgrades();
                 let alive = alive.clone();
                 let mut stopped = stopped.clone();
@@ -178,6 +193,92 @@ pub async fn serve(
         tracing::warn!("shutdown timeout reached; closing remaining connections");
     }
     Ok(())
+}
+
+/// A client connection whose writes must make progress: a write that stays pending (the client
+/// stopped reading and its receive window is full) for longer than `timeout` fails with
+/// `TimedOut`, which ends the connection. Reads are untouched (hyper bounds those).
+struct SendTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    /// Armed when a write first stays pending; cleared by any write that completes.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> SendTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome through, failing it once it has been pending for too long.
+    fn bound<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.bound(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.bound(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.bound(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// A connection's task is over: it leaves the table, and the shutdown wait counts it done.
@@ -240,6 +341,37 @@ impl ConnectionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+        // A 1 KiB pipe nobody reads: writes block once it is full.
+        let (writer, _reader) = tokio::io::duplex(1024);
+        let mut bounded = SendTimeout::new(writer, Duration::from_secs(60));
+        bounded.write_all(&[0; 1024]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let error = bounded.write_all(&[0; 1]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut_off() {
+        use tokio::io::AsyncReadExt;
+        let (writer, mut reader) = tokio::io::duplex(16);
+        let mut bounded = SendTimeout::new(writer, Duration::from_secs(60));
+        let read = tokio::spawn(async move {
+            let mut buf = [0; 16];
+            let mut total = 0;
+            while total < 320 {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                total += reader.read(&mut buf).await.unwrap();
+            }
+        });
+        // 320 bytes through a 16-byte pipe read every 50 s: over 15 minutes, never 60 s stuck.
+        bounded.write_all(&[0; 320]).await.unwrap();
+        read.await.unwrap();
+    }
 
     #[test]
     fn the_oldest_connection_is_asked_to_close_once() {

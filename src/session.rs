@@ -2,7 +2,8 @@
 //!
 //! [`Sessions`] is the typed layer over the byte-level [`Store`]: it hashes session ids into
 //! store keys, seals records with [`Sealer`] (bound to their key), and enforces the idle and
-//! absolute timeouts. Pending logins (`state` → PKCE verifier) live here too.
+//! absolute timeouts. Pending logins live in the browser, sealed into cookies by
+//! [`pending_login`] with the same [`Sealer`].
 
 pub mod backend;
 pub mod cache;

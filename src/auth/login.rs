@@ -34,7 +34,7 @@ pub struct LoginQuery {
 }
 
 /// Starts a login: a fresh `state` (256 bits) and PKCE verifier are sealed into a pending-login
-/// cookie (see [`super::pending`]): nothing is stored server-side, so anonymous callers cannot
+/// cookie (see [`crate::session::pending_login`]): nothing is stored server-side, so anonymous callers cannot
 /// grow the store. The browser is then sent to Pleo's authorize endpoint.
 pub async fn begin_login(
     State(state): State<AppState>,

@@ -80,6 +80,15 @@ pub async fn proxy_to_upstream(
         Admission::Session(session) => Some(session),
         Admission::LogIn(redirect) => return Ok(redirect),
     };
+    let websocket_slot = if websocket {
+        let slot = state.websockets.slot().ok_or_else(|| {
+            tracing::warn!("every WebSocket slot is in use; upgrade refused");
+            GatewayError::UpstreamBusy
+        })?;
+        Some(slot)
+    } else {
+        None
+    };
     // The body deadline starts now: time spent on the gateway's own checks (a refresh, an
     // introspection) is not the client's.
     let started = tokio::time::Instant::now();
@@ -148,7 +157,12 @@ pub async fn proxy_to_upstream(
                 "a WebSocket upgrade could not be taken over".into(),
             ));
         };
-        websocket::splice(&state, session.map(|s| s.key), client, app);
+        let Some(slot) = websocket_slot else {
+            return Err(GatewayError::Internal(
+                "an upgrade without a WebSocket slot".into(),
+            ));
+        };
+        websocket::splice(&state, session.map(|s| s.key), client, app, slot);
     }
     rewrite::response_headers(&mut parts.headers, &state.cookies, upgraded);
     Ok(Response::from_parts(parts, Body::new(body)))

@@ -46,10 +46,13 @@ pub(super) fn splice(
     session: Option<SessionKey>,
     client: OnUpgrade,
     upstream: OnUpgrade,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     // Register before the 101 goes out, so a logout from here on is never missed.
     let watch = session.map(|key| (state.websockets.register(&key), key, state.clone()));
     tokio::spawn(async move {
+        // Counted against the registry's bound until both sockets are closed.
+        let _slot = slot;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -1,25 +1,49 @@
 //! Open WebSockets to the app per session, so that logging out (or a grant Pleo ended) closes
-//! them at once. The splicing itself is `proxy::websocket`.
+//! them at once, and how many may be open at all. The splicing itself is `proxy::websocket`.
+//!
+//! An upgraded socket leaves the HTTP connection table (hyper hands the connection over) and
+//! the app-connection slots (the 101 has no body to hold one), so without a bound of its own a
+//! client could open sockets until the process runs out of file descriptors.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::session::SessionKey;
 
+/// Most WebSockets spliced to the app at once (each holds two sockets: the client's and the
+/// app's).
+pub const MAX_WEBSOCKETS: usize = 1024;
+
 /// Open sockets per session, so a logout can close them. Cheap to clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct WebSocketRegistry {
     sessions: Arc<Mutex<HashMap<SessionKey, watch::Sender<bool>>>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Default for WebSocketRegistry {
+    fn default() -> Self {
+        Self {
+            sessions: Arc::default(),
+            slots: Arc::new(Semaphore::new(MAX_WEBSOCKETS)),
+        }
+    }
 }
 
 impl WebSocketRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A slot for one more socket, held for the socket's life; `None` when
+    /// [`MAX_WEBSOCKETS`] are open (the upgrade is then refused with 503).
+    pub fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.slots).try_acquire_owned().ok()
     }
 
     /// Signals every open socket of the session `key` to close.
@@ -57,6 +81,16 @@ impl WebSocketRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_are_bounded() {
+        let registry = WebSocketRegistry::new();
+        let held: Vec<_> = (0..MAX_WEBSOCKETS).map_while(|_| registry.slot()).collect();
+        assert_eq!(held.len(), MAX_WEBSOCKETS);
+        assert!(registry.slot().is_none());
+        drop(held);
+        assert!(registry.slot().is_some());
+    }
 
     #[tokio::test]
     async fn closing_a_session_signals_only_its_sockets() {
