@@ -290,6 +290,21 @@ impl From<crate::session::StoreError> for GatewayError {
     }
 }
 
+/// Whether `T` is anywhere in the error's chain of causes (a body limit hit deep inside a
+/// client's error, say).
+pub fn caused_by<T: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<T>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// True when the request is a top-level browser navigation, which should see HTML rather than
 /// JSON. `Sec-Fetch-Mode`/`Sec-Fetch-Dest` decide when present (all current browsers send them);
 /// older clients are judged by whether `Accept` prefers `text/html`.

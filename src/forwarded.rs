@@ -99,7 +99,8 @@ pub fn resolve(
 }
 
 /// Middleware: drops an inbound `X-Request-Id` unless the peer is a trusted proxy and the id is
-/// a plain token (see [`is_plain_request_id`]); otherwise the gateway assigns its own. A client-chosen id would end up in the app's logs and file names.
+/// a plain token (see [`is_plain_request_id`]); otherwise the gateway assigns its own. A
+/// client-chosen id would end up in the app's logs and file names.
 pub async fn accept_request_id(
     axum::extract::State(trusted): axum::extract::State<std::sync::Arc<Vec<IpNet>>>,
     mut request: axum::extract::Request,

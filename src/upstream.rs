@@ -20,7 +20,7 @@ use hyper_util::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use url::Url;
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, caused_by};
 
 pub use websockets::WebSocketRegistry;
 
@@ -104,14 +104,19 @@ impl UpstreamClient {
         request: Request<Body>,
         body_sent: Option<oneshot::Receiver<()>>,
     ) -> Result<hyper::Response<SlotBody>, GatewayError> {
-        let slot = tokio::time::timeout(
-            SLOT_WAIT.min(self.timeout),
-            Arc::clone(&self.slots).acquire_owned(),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| {
+        // A free slot is taken without arming a timer; only a wait for one is bounded.
+        let free = Arc::clone(&self.slots).try_acquire_owned().ok();
+        let slot = match free {
+            Some(slot) => Some(slot),
+            None => tokio::time::timeout(
+                SLOT_WAIT.min(self.timeout),
+                Arc::clone(&self.slots).acquire_owned(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok),
+        };
+        let slot = slot.ok_or_else(|| {
             tracing::warn!("every connection to the app is busy (proxy.upstream_max_connections)");
             GatewayError::UpstreamBusy
         })?;
@@ -168,9 +173,9 @@ impl HttpBody for SlotBody {
 /// otherwise 502 (a refused or broken connection to the app).
 fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
     // The client's own body failing is the client's fault, not the app's.
-    if body::caused_by::<LengthLimitError>(error)
-        || body::caused_by::<body::BodyStalled>(error)
-        || body::caused_by::<body::BodyBroken>(error)
+    if caused_by::<LengthLimitError>(error)
+        || caused_by::<body::BodyStalled>(error)
+        || caused_by::<body::BodyBroken>(error)
     {
         return body::rejection(error);
     }

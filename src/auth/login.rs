@@ -34,8 +34,8 @@ pub struct LoginQuery {
 }
 
 /// Starts a login: a fresh `state` (256 bits) and PKCE verifier are sealed into a pending-login
-/// cookie (see [`crate::session::pending_login`]): nothing is stored server-side, so anonymous callers cannot
-/// grow the store. The browser is then sent to Pleo's authorize endpoint.
+/// cookie (see [`crate::session::pending_login`]): nothing is stored server-side, so anonymous
+/// callers cannot grow the store. The browser is then sent to Pleo's authorize endpoint.
 pub async fn begin_login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -59,7 +59,7 @@ pub async fn begin_login(
         .filter(|r| r.len() <= MAX_RETURN_TO_BYTES);
     // The binding cookie is reused when the browser already has one, so logins started in
     // several tabs can all complete.
-    let binding = find_cookie(&headers, &state.cookies.binding_name())
+    let binding = find_cookie(&headers, state.cookies.binding_name())
         .filter(|v| SessionId::parse(v).is_some())
         .map_or_else(random_token, str::to_owned);
     let login_state = random_token();
@@ -183,7 +183,7 @@ async fn finish_login(
         })?;
     // A pending-login cookie planted from a sibling subdomain carries someone else's login:
     // only the browser holding the binding cookie it was started with may finish it.
-    if !pending.bound_to(find_cookie(headers, &state.cookies.binding_name())) {
+    if !pending.bound_to(find_cookie(headers, state.cookies.binding_name())) {
         tracing::warn!("callback from a browser that did not start this login; refused");
         return Err(GatewayError::LoginStateInvalid);
     }

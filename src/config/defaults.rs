@@ -1,6 +1,6 @@
-//! Every key's default (and the bounds some keys have), as text: defaults are parsed by the same functions as user input, so a
-//! default can never be a value the validator would refuse. `config/gateway.toml` documents
-//! the same values for operators.
+//! Every key's default (and the bounds some keys have), as text: defaults are parsed by the
+//! same functions as user input, so a default can never be a value the validator would refuse.
+//! `config/gateway.toml` documents the same values for operators.
 
 use std::time::Duration;
 

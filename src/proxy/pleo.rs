@@ -16,7 +16,7 @@ use crate::{
         csrf::{is_unsafe, require_csrf_header},
         guard::{fresh_session, refresh_error, require_session},
     },
-    error::GatewayError,
+    error::{GatewayError, caused_by},
     pleo_api,
     session::Session,
     state::AppState,
@@ -127,22 +127,10 @@ async fn send(
     // The whole exchange up to the response head is bounded; the body then streams, bounded by
     // the client's read timeout between chunks.
     match tokio::time::timeout(state.pleo_api.timeout(), request.send()).await {
-        Ok(Err(e)) if exceeded_body_limit(&e) => Err(GatewayError::BodyTooLarge),
+        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => Err(GatewayError::BodyTooLarge),
         Ok(result) => result.map_err(pleo_api::map_error),
         Err(_) => Err(GatewayError::PleoTimeout),
     }
-}
-
-/// Whether a failed upstream request was cut short by the request body limit.
-fn exceeded_body_limit(error: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 fn into_response(upstream: reqwest::Response) -> Response {

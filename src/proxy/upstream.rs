@@ -11,8 +11,8 @@
 //!   normalised form. It receives `X-Pleo-Subject`, `X-Pleo-Scopes`, `X-Request-Id` and
 //!   `X-Forwarded-For/-Proto/-Host`, `X-Real-IP` (see [`rewrite`] and [`crate::forwarded`]).
 //! - Unsafe methods (POST, PUT, PATCH, DELETE) on protected paths follow the CSRF rule (see
-//!   [`crate::auth::csrf`]) in a form an ordinary app passes unchanged: the request is accepted with `X-CSRF`, or when
-//!   the browser vouches it is same-origin (`Sec-Fetch-Site: same-origin`/`none`, or an `Origin`
+//!   [`crate::auth::csrf`]) in a form an ordinary app passes unchanged: the request is accepted
+//!   with `X-CSRF`, or when the browser vouches it is same-origin (`Sec-Fetch-Site: same-origin`/`none`, or an `Origin`
 //!   equal to `server.public_url`). Plain HTML forms and `fetch` from the app's own pages work;
 //!   a cross-site or sibling-subdomain form gets 403. (`SameSite=Lax` already keeps the cookie
 //!   off cross-site POSTs; this also covers same-site attackers.) The app may add its own CSRF.

@@ -36,9 +36,6 @@ pub enum StoreError {
     /// The backend could not be reached or answered with an error (the cause is for logs).
     #[error("session store unavailable: {0}")]
     Unavailable(std::sync::Arc<dyn std::error::Error + Send + Sync>),
-    /// The in-memory store refused to grow further.
-    #[error("session store is full: {0}")]
-    Full(&'static str),
     /// The backend holds something the gateway did not write.
     #[error("unexpected data in the session store: {0}")]
     Corrupt(&'static str),

@@ -20,6 +20,8 @@ pub struct CookieSettings {
     pub configured_name: String,
     /// Start of every pending-login cookie's name (see [`CookieSettings::login_name`]).
     login_prefix: String,
+    /// Name of the browser-binding cookie (see [`CookieSettings::binding_name`]).
+    binding: String,
 }
 
 impl CookieSettings {
@@ -37,11 +39,13 @@ impl CookieSettings {
         } else {
             format!("__Secure-{bare}-login-")
         };
+        let name = if plain_http { bare } else { configured_name };
         Self {
-            name: if plain_http { bare } else { configured_name }.to_owned(),
+            name: name.to_owned(),
             secure: !plain_http,
             configured_name: configured_name.to_owned(),
             login_prefix,
+            binding: format!("{name}-login"),
         }
     }
 
@@ -75,18 +79,18 @@ impl CookieSettings {
     /// Name of the browser-binding cookie that ties pending logins to this browser: the session
     /// cookie's name with `-login` appended (so `__Host-` over HTTPS: no sibling subdomain can
     /// set it).
-    pub fn binding_name(&self) -> String {
-        format!("{}-login", self.name)
+    pub fn binding_name(&self) -> &str {
+        &self.binding
     }
 
     /// `Set-Cookie` for the browser-binding cookie (`Path=/`, as `__Host-` requires).
     pub fn set_binding(&self, value: &str, max_age: Duration) -> HeaderValue {
-        self.header_at(&self.binding_name(), value, max_age.as_secs(), "/")
+        self.header_at(&self.binding, value, max_age.as_secs(), "/")
     }
 
     /// `Set-Cookie` that removes the browser-binding cookie.
     pub fn clear_binding(&self) -> HeaderValue {
-        self.header_at(&self.binding_name(), "", 0, "/")
+        self.header_at(&self.binding, "", 0, "/")
     }
 
     /// `Set-Cookie` that removes a pending-login cookie.
@@ -107,10 +111,7 @@ impl CookieSettings {
                 .as_bytes()
                 .get(..prefix.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-            || name
-                .get(..name.len().saturating_sub("-login".len()))
-                .is_some_and(|base| base.eq_ignore_ascii_case(&self.name))
-                && name.to_ascii_lowercase().ends_with("-login")
+            || name.eq_ignore_ascii_case(&self.binding)
     }
 
     fn header(&self, value: &str, max_age: u64) -> HeaderValue {

@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::{sync::oneshot, time::Instant};
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, caused_by};
 
 /// The client paused its upload for longer than allowed, or ran past the body deadline.
 #[derive(Debug, thiserror::Error)]
@@ -140,20 +140,6 @@ pub fn rejection(error: &(dyn std::error::Error + 'static)) -> GatewayError {
     } else {
         GatewayError::BodyMalformed
     }
-}
-
-/// Whether `T` is anywhere in the error's chain of causes.
-pub fn caused_by<T: std::error::Error + 'static>(
-    error: &(dyn std::error::Error + 'static),
-) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause.is::<T>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
 }
 
 #[cfg(test)]
