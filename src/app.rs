@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/auth/check", any(auth::check))
         .route("/auth/check/", any(auth::check))
         .route("/auth/check/{*rest}", any(auth::check))
+        .route("/auth/jwks.json", get(crate::identity::jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Metrics are served only on `server.metrics_listen`; here the path is the gateway's.
@@ -93,6 +94,7 @@ pub fn app(state: AppState) -> Router {
             header::SET_COOKIE,
             header::AUTHORIZATION,
             header::PROXY_AUTHORIZATION,
+            HeaderName::from_static(crate::identity::IDENTITY_HEADER),
         ]))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         // Outermost: an inbound request id is kept only from a trusted proxy, and only if it

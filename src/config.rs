@@ -14,6 +14,7 @@
 //! `config/gateway.toml` is the commented reference for every key.
 
 mod defaults;
+mod identity;
 mod raw;
 mod redact;
 mod validate;
@@ -34,6 +35,8 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+pub use identity::{BackgroundConfig, IdentityConfig, SigningKeyMaterial};
+
 /// Prefix of the environment variables that set configuration keys (`PLEO_GATEWAY__PLEO__CLIENT_ID`).
 pub const ENV_PREFIX: &str = "PLEO_GATEWAY__";
 
@@ -48,6 +51,10 @@ pub struct Config {
     pub session: SessionConfig,
     /// The Pleo API proxy and the internal app behind the gateway.
     pub proxy: ProxyConfig,
+    /// The signed identity assertion the app receives.
+    pub identity: IdentityConfig,
+    /// Opt-in access to a company's most recent grant without a user present.
+    pub background: BackgroundConfig,
 }
 
 /// `[server]`: where the gateway listens and how browsers reach it.
@@ -61,6 +68,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Separate listener for `/metrics`; `None` serves it on the main listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Listener for the app's server side (the Pleo proxy behind an assertion or a service
+    /// token); `None` (the default): not served.
+    pub internal_listen: Option<SocketAddr>,
     /// How long in-flight requests may drain after a shutdown signal (default 30 s).
     pub shutdown_timeout: Duration,
     /// Largest accepted request head in bytes (default 16 KiB, 1 KiB to 1 MiB).
@@ -357,6 +367,32 @@ impl Config {
         url.set_query(None);
         url.set_fragment(None);
         url
+    }
+
+    /// Things worth an operator's attention in a valid configuration (`check-config` prints
+    /// them): choices that work for one replica and break several.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.identity.signing_keys.is_empty() {
+            warnings.push(
+                "identity.signing_keys is not set: a signing key is generated at start-up. That is fine for one replica; with several, each signs with its own key and publishes only its own, so an app verifying against one replica's JWKS (and the internal listener of another) refuses the others' assertions: configure a shared key".to_owned(),
+            );
+        }
+        if self.background.enabled && self.server.internal_listen.is_none() {
+            warnings.push(
+                "background.enabled = true but server.internal_listen is off: service tokens are only accepted on the internal listener".to_owned(),
+            );
+        }
+        warnings
+    }
+
+    /// The `iss` of identity assertions: `public_url` without its trailing slash.
+    pub fn issuer(&self) -> String {
+        self.server
+            .public_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     /// True when `public_url` is plain `http://` (local development): the session cookie then

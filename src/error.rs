@@ -35,6 +35,31 @@ pub enum GatewayError {
         /// server-side, so the browser need not keep sending it).
         clear_cookie: HeaderValue,
     },
+    /// The internal listener got neither an identity assertion nor a service token.
+    #[error(
+        "this listener needs the identity assertion the app received (Authorization: Bearer or X-Pleo-Identity), or a service token with X-Pleo-Subject"
+    )]
+    CredentialsMissing,
+    /// An identity assertion was forged, altered, expired or meant for someone else.
+    #[error("the identity assertion was refused: {0}")]
+    AssertionRefused(String),
+    /// The session an assertion names has ended (logged out, expired, disconnected, or its
+    /// grant rejected by Pleo).
+    #[error("the session this identity assertion was issued for has ended")]
+    AssertionSessionEnded,
+    /// A bearer token on the internal listener that is neither an assertion nor a configured
+    /// service token (or background access is off).
+    #[error("the service token is not valid")]
+    ServiceTokenInvalid,
+    /// Background access for a subject that has no grant (never logged in since background
+    /// access was enabled, revoked, disconnected, or rejected by Pleo).
+    #[error(
+        "no background grant for {subject}: someone from it must log in through the gateway (again)"
+    )]
+    NoBackgroundGrant {
+        /// The subject URN asked for (validated before it gets here).
+        subject: String,
+    },
     /// An unsafe method came without the `X-CSRF` header.
     #[error("this request needs the X-CSRF header (any non-empty value)")]
     CsrfHeaderMissing,
@@ -163,6 +188,11 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotAuthenticated { .. } | Self::SessionEnded { .. } => StatusCode::UNAUTHORIZED,
+            Self::CredentialsMissing
+            | Self::AssertionRefused(_)
+            | Self::AssertionSessionEnded
+            | Self::ServiceTokenInvalid
+            | Self::NoBackgroundGrant { .. } => StatusCode::UNAUTHORIZED,
             Self::CsrfHeaderMissing | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::LoginStateInvalid | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::AuthorizationRefused { error, .. } if error == "access_denied" => {
@@ -191,6 +221,11 @@ impl GatewayError {
         match self {
             Self::NotAuthenticated { .. } => "not_authenticated",
             Self::SessionEnded { .. } => "session_ended",
+            Self::CredentialsMissing => "credentials_missing",
+            Self::AssertionRefused(_) => "invalid_assertion",
+            Self::AssertionSessionEnded => "session_ended",
+            Self::ServiceTokenInvalid => "invalid_service_token",
+            Self::NoBackgroundGrant { .. } => "no_background_grant",
             Self::CsrfHeaderMissing => "csrf_header_missing",
             Self::LoginStateInvalid => "invalid_state",
             Self::AuthorizationRefused { error, .. } if error == "access_denied" => "access_denied",
@@ -270,10 +305,15 @@ impl IntoResponse for GatewayError {
             );
         }
         if status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Cookie realm=\"pleo-gateway\""),
-            );
+            // The internal listener's callers authenticate with a bearer token, browsers with
+            // the cookie.
+            let scheme = match &self {
+                Self::NotAuthenticated { .. } | Self::SessionEnded { .. } => {
+                    "Cookie realm=\"pleo-gateway\""
+                }
+                _ => "Bearer realm=\"pleo-gateway-internal\"",
+            };
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
         }
         if let Self::SessionEnded { clear_cookie, .. } = &self {
             headers.append(header::SET_COOKIE, clear_cookie.clone());

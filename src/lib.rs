@@ -15,6 +15,8 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod forwarded;
+pub mod identity;
+pub mod internal;
 pub mod mock_pleo;
 pub mod pleo_api;
 pub mod proxy;

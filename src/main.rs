@@ -91,6 +91,22 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
             shutdown::signal(),
         ));
     }
+    if let Some(internal_addr) = state.config.server.internal_listen {
+        let internal_listener = tokio::net::TcpListener::bind(internal_addr)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {internal_addr} for the app's server side (server.internal_listen; \"off\" disables it): {e}"
+                )
+            })?;
+        tracing::info!(address = %internal_addr, "internal listener (the app's server side) listening");
+        tokio::spawn(pleo_gateway::server::serve(
+            internal_listener,
+            pleo_gateway::internal::router(state.clone()),
+            options,
+            shutdown::signal(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (server.listen): {e}"))?;

@@ -7,5 +7,5 @@ mod pleo;
 mod upstream;
 pub mod websocket;
 
-pub use pleo::proxy_to_pleo;
+pub use pleo::{OnRefreshError, forward_to_pleo, proxy_to_pleo};
 pub use upstream::proxy_to_upstream;

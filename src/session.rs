@@ -194,6 +194,20 @@ impl Sessions {
         // Sessions are cached under the key they were found under: after a key rotation, an
         // older candidate's for sessions created before it.
         let keys: Vec<SessionKey> = self.hasher.candidates(id.as_str()).collect();
+        self.load_cached_under(&keys).await
+    }
+
+    /// Like [`load_cached`](Self::load_cached), for a session known by its store key (the
+    /// internal listener finds it from an identity assertion's session reference): the same
+    /// cache, the same idle slide, the same "logged out" when it is gone.
+    pub async fn load_cached_by_key(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<Session>, StoreError> {
+        self.load_cached_under(std::slice::from_ref(key)).await
+    }
+
+    async fn load_cached_under(&self, keys: &[SessionKey]) -> Result<Option<Session>, StoreError> {
         // The deadline is known here, so no cached copy outlives it, not even by a second.
         let before_deadline =
             |session: &Session| session.absolute_deadline_ms > self.clock.now_ms();
@@ -205,14 +219,14 @@ impl Sessions {
             self.cache.mark_used(&session.key);
             return Ok(Some(session));
         }
-        match self.load_under(&keys).await {
+        match self.load_under(keys).await {
             Ok(Some(session)) => {
                 self.cache.put(&session);
                 self.cache.mark_used(&session.key);
                 Ok(Some(session))
             }
             Ok(None) => {
-                for key in &keys {
+                for key in keys {
                     self.cache.remove(key);
                 }
                 Ok(None)

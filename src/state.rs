@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::{
     backoff::KeyedBackoff,
     config::{Config, SessionStoreKind},
+    identity::Identity,
     pleo_api::PleoApi,
     rate_limit::LoginRateLimiter,
     session::{
@@ -45,6 +46,8 @@ pub struct AppState {
     pub upstream: Option<Arc<UpstreamClient>>,
     /// Open WebSocket connections to the app per session, so logging out closes them.
     pub websockets: WebSocketRegistry,
+    /// Signs the `X-Pleo-Identity` assertions and checks the ones handed back.
+    pub identity: Arc<Identity>,
 }
 
 impl AppState {
@@ -99,6 +102,7 @@ impl AppState {
             );
         }
         let pleo_api = Arc::new(PleoApi::new(&config.pleo)?);
+        let identity = Arc::new(Identity::new(&config, &keys)?);
         let upstream = match &config.proxy.upstream {
             Some(url) => Some(Arc::new(UpstreamClient::new(
                 url,
@@ -119,6 +123,7 @@ impl AppState {
             pleo_api,
             upstream,
             websockets: WebSocketRegistry::new(),
+            identity,
         })
     }
 

@@ -62,6 +62,16 @@ pub fn identity_headers(session: &Session, headers: &mut HeaderMap) {
 
 /// Returns the session with a fresh access token, mapping refresh failures to responses.
 pub async fn fresh_session(state: &AppState, session: Session) -> Result<Session, GatewayError> {
+    fresh_session_or(state, session, |key, e| refresh_error(state, key, e)).await
+}
+
+/// Like [`fresh_session`], with refresh failures that end the session mapped by `on_error`
+/// (the internal listener has no cookie to clear and no login page to offer).
+pub async fn fresh_session_or(
+    state: &AppState,
+    session: Session,
+    on_error: impl FnOnce(&SessionKey, RefreshError) -> GatewayError,
+) -> Result<Session, GatewayError> {
     if !state.refresher.needs_refresh(&session, now_ms()) {
         return Ok(session);
     }
@@ -80,7 +90,7 @@ pub async fn fresh_session(state: &AppState, session: Session) -> Result<Session
             );
             Ok(fallback)
         }
-        Err(e) => Err(refresh_error(state, &key, e)),
+        Err(e) => Err(on_error(&key, e)),
     }
 }
 

@@ -13,7 +13,12 @@ use super::{
     guard::{current_session, fresh_session, identity_headers, refresh_error, require_session},
     subject::require_subject,
 };
-use crate::{error::GatewayError, session::Session, state::AppState, token::RefreshError};
+use crate::{
+    error::GatewayError,
+    session::{Session, now_ms},
+    state::AppState,
+    token::RefreshError,
+};
 
 /// JSON about the current session. Never contains a token.
 pub async fn session_info(
@@ -145,5 +150,10 @@ pub async fn check(
     let session = require_subject(&state, session).await?;
     let mut response = no_store(StatusCode::OK.into_response());
     identity_headers(&session, response.headers_mut());
+    if let Some(assertion) = state.identity.header_value(&session, now_ms()) {
+        response
+            .headers_mut()
+            .insert(crate::identity::IDENTITY_HEADER, assertion);
+    }
     Ok(response)
 }

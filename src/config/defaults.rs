@@ -60,3 +60,11 @@ pub(super) const DEFAULT_BODY_TIMEOUT: &str = "60s";
 pub(super) const DEFAULT_BODY_BUFFER_BYTES: &str = "64KiB";
 /// Default `proxy.upstream_max_connections`.
 pub(super) const DEFAULT_UPSTREAM_MAX_CONNECTIONS: &str = "256";
+/// Default `identity.assertion_ttl`: long enough for the app to finish the request it came with.
+pub(super) const DEFAULT_ASSERTION_TTL: &str = "60s";
+/// Upper bound of `identity.assertion_ttl`: an assertion is a per-request credential.
+pub(super) const MAX_ASSERTION_TTL: Duration = Duration::from_secs(600);
+/// Default `background.grant_idle_timeout`: Pleo's refresh tokens are valid for at least 60 days.
+pub(super) const DEFAULT_GRANT_IDLE_TIMEOUT: &str = "60d";
+/// Shortest `background.service_tokens` entry: 32 characters of `openssl rand -base64 32` or so.
+pub(super) const MIN_SERVICE_TOKEN_CHARS: usize = 32;

@@ -20,6 +20,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "public_url",
             "trusted_proxies",
             "metrics_listen",
+            "internal_listen",
             "shutdown_timeout",
             "max_header_bytes",
             "max_connections",
@@ -69,6 +70,24 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "body_timeout",
             "body_buffer_bytes",
             "upstream_max_connections",
+        ],
+    ),
+    (
+        "identity",
+        &[
+            "signing_keys",
+            "signing_keys_file",
+            "audience",
+            "assertion_ttl",
+        ],
+    ),
+    (
+        "background",
+        &[
+            "enabled",
+            "service_tokens",
+            "service_tokens_file",
+            "grant_idle_timeout",
         ],
     ),
 ];

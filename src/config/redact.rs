@@ -33,6 +33,10 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         .map(|addr| addr.to_string())
         .unwrap_or_default();
     line(&mut out, "metrics_listen", &string(&metrics));
+    let internal = server
+        .internal_listen
+        .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+    line(&mut out, "internal_listen", &string(&internal));
     line(
         &mut out,
         "shutdown_timeout",
@@ -137,6 +141,45 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         &mut out,
         "upstream_max_connections",
         &proxy.upstream_max_connections.to_string(),
+    );
+
+    let identity = &config.identity;
+    section(&mut out, "identity");
+    match identity.signing_keys.len() {
+        0 => out.push_str("# signing_keys is not set: one is generated at start-up\n"),
+        1 => line(&mut out, "signing_keys", &string("[redacted: 1 key]")),
+        n => line(
+            &mut out,
+            "signing_keys",
+            &string(&format!("[redacted: {n} keys]")),
+        ),
+    }
+    match &identity.audience {
+        Some(audience) => line(&mut out, "audience", &string(audience)),
+        None => out.push_str("# audience is not set: it is server.public_url\n"),
+    }
+    line(&mut out, "assertion_ttl", &duration(identity.assertion_ttl));
+
+    let background = &config.background;
+    section(&mut out, "background");
+    line(
+        &mut out,
+        "enabled",
+        if background.enabled { "true" } else { "false" },
+    );
+    match background.service_tokens.len() {
+        0 => out.push_str("# service_tokens is not set\n"),
+        1 => line(&mut out, "service_tokens", &string("[redacted: 1 token]")),
+        n => line(
+            &mut out,
+            "service_tokens",
+            &string(&format!("[redacted: {n} tokens]")),
+        ),
+    }
+    line(
+        &mut out,
+        "grant_idle_timeout",
+        &duration(background.grant_idle_timeout),
     );
     out
 }

@@ -19,21 +19,30 @@ use super::{
 /// Validates the whole tree; `Err(Invalid)` lists every problem found.
 pub(super) fn validate(tree: &RawTree) -> Result<Config, ConfigError> {
     let mut reader = Reader::new(tree);
-    // All four sections are read before looking at the results, so every problem is found.
+    // Every section is read before looking at the results, so every problem is found.
     let server = server(&mut reader);
     let pleo = pleo(&mut reader);
     let session = session(&mut reader);
     let proxy = proxy(&mut reader);
+    let identity = super::identity::identity(&mut reader);
+    let background = super::identity::background(&mut reader);
     let problems = reader.problems.0;
-    match (server, pleo, session, proxy) {
-        (Some(server), Some(pleo), Some(session), Some(proxy)) if problems.is_empty() => {
-            Ok(Config {
-                server,
-                pleo,
-                session,
-                proxy,
-            })
-        }
+    match (server, pleo, session, proxy, identity, background) {
+        (
+            Some(server),
+            Some(pleo),
+            Some(session),
+            Some(proxy),
+            Some(identity),
+            Some(background),
+        ) if problems.is_empty() => Ok(Config {
+            server,
+            pleo,
+            session,
+            proxy,
+            identity,
+            background,
+        }),
         // A `None` always comes with a recorded problem.
         _ => Err(ConfigError::Invalid(problems)),
     }
@@ -42,7 +51,7 @@ pub(super) fn validate(tree: &RawTree) -> Result<Config, ConfigError> {
 impl Reader<'_> {
     /// `section.key` (or, when absent, the `default` text) parsed by `parse`; `None` after
     /// recording a problem when that fails. Defaults go through the same parser as user input.
-    fn value<T>(
+    pub(super) fn value<T>(
         &mut self,
         section: &str,
         key: &str,
@@ -113,6 +122,13 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
             values::socket_addr(text).map(Some)
         }
     });
+    let internal_listen = r.value("server", "internal_listen", "off", |text| {
+        if text.trim().is_empty() || text.trim().eq_ignore_ascii_case("off") {
+            Ok(None)
+        } else {
+            values::socket_addr(text).map(Some)
+        }
+    });
     let shutdown_timeout = r.duration("server", "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT);
     let max_header_bytes = r.value(
         "server",
@@ -151,6 +167,7 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         public_url: public_url?,
         trusted_proxies: trusted_proxies?,
         metrics_listen: metrics_listen?,
+        internal_listen: internal_listen?,
         shutdown_timeout: shutdown_timeout?,
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
@@ -228,13 +245,7 @@ fn pleo(r: &mut Reader) -> Option<PleoConfig> {
             Ok(duration)
         },
     );
-    let proactive_refresh = r.value("pleo", "proactive_refresh", "false", |text| {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(format!("must be true or false ({text:?})")),
-        }
-    });
+    let proactive_refresh = r.value("pleo", "proactive_refresh", "false", values::boolean);
     let request_timeout = r.duration("pleo", "request_timeout", DEFAULT_REQUEST_TIMEOUT);
     let connect_timeout = r.duration("pleo", "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
     Some(PleoConfig {

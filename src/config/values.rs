@@ -171,6 +171,15 @@ pub(super) fn redis_url(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `true` or `false`, in any case.
+pub(super) fn boolean(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("must be true or false ({text:?})")),
+    }
+}
+
 /// A 32-byte key in standard or URL-safe base64, padded or not.
 pub(super) fn encryption_key(text: &str) -> Result<EncryptionKey, String> {
     let config =

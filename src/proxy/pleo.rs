@@ -1,9 +1,12 @@
-//! `ANY {pleo_prefix}/{*path}`: the Pleo API with a fresh bearer token attached.
+//! `ANY {pleo_prefix}/{*path}`: the Pleo API with a fresh bearer token attached — for the
+//! browser on the public listener ([`proxy_to_pleo`]), and for the app's server side on the
+//! internal listener, which finds the session its own way and then shares
+//! [`forward_to_pleo`].
 
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
     response::Response,
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -18,15 +21,16 @@ use crate::{
     },
     error::{GatewayError, caused_by},
     pleo_api,
-    session::Session,
+    session::{Session, SessionKey},
     state::AppState,
+    token::RefreshError,
 };
 
 /// Bodies up to this size are buffered so the request can be replayed once after a 401 (a token
 /// Pleo revoked early). Larger bodies stream through and are never replayed.
 const REPLAYABLE_BODY_LIMIT: usize = 64 * 1024;
 
-/// Proxies one request to the Pleo API.
+/// Proxies one request from the browser to the Pleo API: the cookie's session, the CSRF rule.
 pub async fn proxy_to_pleo(
     State(state): State<AppState>,
     request: Request,
@@ -37,7 +41,27 @@ pub async fn proxy_to_pleo(
     }
     let session = require_session(&state, &parts.headers, "/").await?;
     let session = fresh_session(&state, session).await?;
+    forward_to_pleo(&state, session, parts, body, &|key, e| {
+        refresh_error(&state, key, e)
+    })
+    .await
+}
 
+/// How a refresh failure after Pleo's 401 becomes a response: the listeners differ (a cookie
+/// to clear on the public one, none on the internal one).
+pub type OnRefreshError<'a> = &'a (dyn Fn(&SessionKey, RefreshError) -> GatewayError + Send + Sync);
+
+/// Sends one request under `{pleo_prefix}` to the Pleo API with `session`'s bearer token
+/// (fresh, as the caller made sure) and streams the answer back. Both listeners end here, so
+/// the path checks, the body limits and the one refresh-and-retry after a 401 are the same for
+/// a browser, the app's server side and a background job.
+pub async fn forward_to_pleo(
+    state: &AppState,
+    session: Session,
+    parts: Parts,
+    body: Body,
+    on_refresh_error: OnRefreshError<'_>,
+) -> Result<Response, GatewayError> {
     let prefix = &state.config.proxy.pleo_prefix;
     let path = parts
         .uri
@@ -73,14 +97,14 @@ pub async fn proxy_to_pleo(
         // Content-Length check above cannot see it.
         let limit = usize::try_from(state.config.proxy.max_body_bytes).unwrap_or(usize::MAX);
         let body = reqwest::Body::wrap_stream(Limited::new(body, limit).into_data_stream());
-        let response = send(&state, &method, &url, &outgoing, body, &session).await?;
+        let response = send(state, &method, &url, &outgoing, body, &session).await?;
         return Ok(into_response(response));
     }
 
     let bytes = axum::body::to_bytes(body, REPLAYABLE_BODY_LIMIT)
         .await
         .map_err(|_| GatewayError::BadRequest("the request body could not be read".into()))?;
-    let response = send(&state, &method, &url, &outgoing, bytes.clone(), &session).await?;
+    let response = send(state, &method, &url, &outgoing, bytes.clone(), &session).await?;
     if response.status() != reqwest::StatusCode::UNAUTHORIZED {
         return Ok(into_response(response));
     }
@@ -95,8 +119,8 @@ pub async fn proxy_to_pleo(
         .refresher
         .refresh_after_rejection(session.key.clone(), rejected)
         .await
-        .map_err(|e| refresh_error(&state, &session.key, e))?;
-    let response = send(&state, &method, &url, &outgoing, bytes, &session).await?;
+        .map_err(|e| on_refresh_error(&session.key, e))?;
+    let response = send(state, &method, &url, &outgoing, bytes, &session).await?;
     Ok(into_response(response))
 }
 

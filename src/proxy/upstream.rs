@@ -8,7 +8,8 @@
 //!   a browser navigation gets 302 to `/auth/login?return_to=<path and query>` and anything else
 //!   401 JSON carrying the login URL (never a redirect an XHR would follow to Pleo).
 //! - The app sees the path exactly as the browser sent it; only the access decision uses the
-//!   normalised form. It receives `X-Pleo-Subject`, `X-Pleo-Scopes`, `X-Request-Id` and
+//!   normalised form. It receives `X-Pleo-Subject`, `X-Pleo-Scopes`, the signed
+//!   `X-Pleo-Identity` (see [`crate::identity`]), `X-Request-Id` and
 //!   `X-Forwarded-For/-Proto/-Host`, `X-Real-IP` (see [`rewrite`] and [`crate::forwarded`]).
 //! - Unsafe methods (POST, PUT, PATCH, DELETE) on protected paths follow the CSRF rule (see
 //!   [`crate::auth::csrf`]) in a form an ordinary app passes unchanged: the request is accepted
@@ -50,7 +51,7 @@ use crate::{
     },
     error::{GatewayError, is_navigation},
     forwarded,
-    session::Session,
+    session::{Session, now_ms},
     state::AppState,
     upstream::body,
 };
@@ -113,11 +114,15 @@ pub async fn proxy_to_upstream(
         .extensions
         .get::<RequestId>()
         .map(RequestId::header_value);
+    let assertion = session
+        .as_ref()
+        .and_then(|session| state.identity.header_value(session, now_ms()));
     let headers = rewrite::request_headers(
         std::mem::take(&mut parts.headers),
         &rewrite::RequestRewrite {
             gateway_cookies: &state.cookies,
             identity: session.as_ref(),
+            assertion: assertion.as_ref(),
             request_id,
             forwarding: &forwarding,
             websocket,

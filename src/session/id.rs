@@ -62,6 +62,15 @@ impl SessionKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// A key the gateway wrote somewhere and reads back (a session reference, a background
+    /// slot): exactly the 64 lower-case hex digits it computes, or nothing.
+    pub fn parse(text: &str) -> Option<Self> {
+        let well_formed = text.len() == 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        well_formed.then(|| Self(text.to_owned()))
+    }
     /// A short prefix for log lines and metrics labels: enough to correlate, useless to attack.
     pub fn short(&self) -> &str {
         &self.0[..12.min(self.0.len())]

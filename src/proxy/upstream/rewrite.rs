@@ -5,8 +5,9 @@
 //! there, and a client that sends one chose to). It loses: hop-by-hop headers, `Host` (the
 //! client sets the app's; the browser's is in `X-Forwarded-Host`), `Expect` (already answered
 //! by the gateway's server), the gateway's session cookie, every inbound identity header and
-//! request id in any spelling, and spoofable forwarding headers. It gains the session's identity
-//! headers, the gateway's request id and `X-Forwarded-*`.
+//! request id in any spelling (`X-Pleo-Identity` included), and spoofable forwarding headers. It
+//! gains the session's identity headers and signed assertion, the gateway's request id and
+//! `X-Forwarded-*`.
 //!
 //! Back towards the browser a response loses hop-by-hop headers and any `Set-Cookie` that
 //! would set, clear or shadow the gateway's cookie; the app's other cookies pass.
@@ -16,6 +17,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use crate::{
     auth::guard::identity_headers,
     forwarded::{self, Forwarding},
+    identity::IDENTITY_HEADER,
     proxy::headers::{is_identity_header, strip_hop_by_hop},
     session::{
         Session,
@@ -32,6 +34,8 @@ pub struct RequestRewrite<'a> {
     pub gateway_cookies: &'a CookieSettings,
     /// The session whose identity the app should see; `None` for public paths.
     pub identity: Option<&'a Session>,
+    /// The signed assertion of that identity (`X-Pleo-Identity`).
+    pub assertion: Option<&'a HeaderValue>,
     /// The request id the gateway assigned.
     pub request_id: Option<&'a HeaderValue>,
     /// Client address, protocol and host.
@@ -61,6 +65,9 @@ pub fn request_headers(mut headers: HeaderMap, rewrite: &RequestRewrite<'_>) -> 
     }
     if let Some(session) = rewrite.identity {
         identity_headers(session, &mut headers);
+        if let Some(assertion) = rewrite.assertion {
+            headers.insert(IDENTITY_HEADER, assertion.clone());
+        }
     }
     if let Some(id) = rewrite.request_id {
         headers.insert(X_REQUEST_ID, id.clone());
@@ -173,6 +180,7 @@ mod tests {
         RequestRewrite {
             gateway_cookies: Box::leak(Box::new(names())),
             identity,
+            assertion: identity.map(|_| &*Box::leak(Box::new(HeaderValue::from_static("signed")))),
             request_id,
             forwarding,
             websocket: false,
@@ -192,6 +200,8 @@ mod tests {
                 ("x-pleo-subject", "urn:pleo:company:spoofed"),
                 ("x_pleo_subject", "urn:pleo:company:spoofed"),
                 ("X-PLEO-SCOPES", "everything"),
+                ("x-pleo-identity", "spoofed"),
+                ("x_pleo_identity", "spoofed"),
                 ("x_request_id", "spoofed"),
                 ("x-request-id", "spoofed"),
                 ("host", "evil.example"),
@@ -207,9 +217,12 @@ mod tests {
         assert_eq!(out["authorization"], "Basic YXBwOmFwcA==");
         assert_eq!(out["x-pleo-subject"], "urn:pleo:company:42");
         assert_eq!(out["x-pleo-scopes"], "users:read export-jobs:read");
+        assert_eq!(out["x-pleo-identity"], "signed");
+        assert_eq!(out.get_all("x-pleo-identity").iter().count(), 1);
         assert_eq!(out["x-request-id"], "gateway-id");
         for gone in [
             "x_pleo_subject",
+            "x_pleo_identity",
             "x_request_id",
             "host",
             "connection",
@@ -231,12 +244,14 @@ mod tests {
         let out = request_headers(
             map(&[
                 ("x-pleo-subject", "spoof"),
+                ("x-pleo-identity", "spoof"),
                 ("x-request-id", "from-layer"),
                 ("x_request_id", "x"),
             ]),
             &rewrite(None, None, &f),
         );
         assert!(!out.contains_key("x-pleo-subject"));
+        assert!(!out.contains_key("x-pleo-identity"));
         assert_eq!(out["x-request-id"], "from-layer");
         assert!(!out.contains_key("x_request_id"));
     }

@@ -93,6 +93,9 @@ pub struct TestEnv {
     pub tap: Arc<MockTap>,
     /// `http://127.0.0.1:<port>` of the gateway.
     pub gateway_url: Url,
+    /// `http://127.0.0.1:<port>` of the gateway's internal listener (`server.internal_listen`:
+    /// the harness always serves it).
+    pub internal_url: Url,
     /// `http://127.0.0.1:<port>` of the mock.
     pub mock_url: Url,
     /// The confidential client's secret (`None` for a public client).
@@ -207,12 +210,21 @@ impl TestEnv {
                     .await;
             }
         });
-        let gateway_task = serve_gateway(&env, gateway_listener, stop_rx).await;
+        let internal_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the internal listener");
+        let internal_url = Url::parse(&format!(
+            "http://{}",
+            internal_listener.local_addr().expect("internal address")
+        ))
+        .expect("internal url");
+        let gateway_task = serve_gateway(&env, gateway_listener, internal_listener, stop_rx).await;
 
         TestEnv {
             mock,
             tap,
             gateway_url,
+            internal_url,
             mock_url,
             client_secret,
             redis_prefix,
@@ -234,6 +246,12 @@ impl TestEnv {
     /// prefix, as in [`Options::env`]) set differently: a replica mid-way through a rolling
     /// configuration change, say one with another `SESSION__ENCRYPTION_KEYS`.
     pub async fn add_replica_with(&mut self, overrides: &[(&str, &str)]) -> Url {
+        self.add_replica_with_internal(overrides).await.0
+    }
+
+    /// Like [`TestEnv::add_replica_with`]; returns the URLs of the replica's main listener and
+    /// of its internal listener.
+    pub async fn add_replica_with_internal(&mut self, overrides: &[(&str, &str)]) -> (Url, Url) {
         let mut env = self.config_env.clone();
         for (key, value) in overrides {
             env.insert(format!("PLEO_GATEWAY__{key}"), (*value).to_owned());
@@ -242,9 +260,16 @@ impl TestEnv {
             .await
             .expect("bind replica");
         let address = listener.local_addr().expect("replica address");
-        let task = serve_gateway(&env, listener, self.stop.subscribe()).await;
+        let internal = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the replica's internal listener");
+        let internal_address = internal.local_addr().expect("internal address");
+        let task = serve_gateway(&env, listener, internal, self.stop.subscribe()).await;
         self.tasks.push(task);
-        Url::parse(&format!("http://{address}")).expect("replica url")
+        (
+            Url::parse(&format!("http://{address}")).expect("replica url"),
+            Url::parse(&format!("http://{internal_address}")).expect("internal url"),
+        )
     }
 
     /// A fresh browser with an empty cookie jar.
@@ -335,10 +360,11 @@ impl Drop for TestEnv {
 }
 
 /// Configures a gateway from `env` exactly as an operator would, and serves it on `listener`
-/// until `stop` says so.
+/// (and its internal listener on `internal`) until `stop` says so.
 async fn serve_gateway(
     env: &HashMap<String, String>,
     listener: TcpListener,
+    internal: TcpListener,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let config = Config::load_with_env(None, env)
@@ -348,6 +374,12 @@ async fn serve_gateway(
         .expect("open the session store");
     let options = pleo_gateway::server::ServeOptions::from_config(&config.server);
     let state = AppState::new(config, store).expect("gateway state");
+    tokio::spawn(pleo_gateway::server::serve(
+        internal,
+        pleo_gateway::internal::router(state.clone()),
+        options,
+        stopped(stop.clone()),
+    ));
     tokio::spawn(async move {
         let _ =
             pleo_gateway::server::serve(listener, app::app(state), options, stopped(stop)).await;

@@ -22,6 +22,7 @@ async fn the_app_sees_identity_and_none_of_the_gateways_credentials() {
         .header("X-Pleo-Subject", "urn:pleo:company:spoofed")
         .header("x_pleo_subject", "urn:pleo:company:spoofed")
         .header("X-PLEO-SCOPES", "spoofed:write")
+        .header("X-Pleo-Identity", "spoofed.forged.assertion")
         .header("X-Forwarded-For", "203.0.113.66")
         .header("X-Forwarded-Host", "spoofed.example")
         .header("X-Real-IP", "203.0.113.66")
@@ -83,9 +84,16 @@ async fn the_app_sees_identity_and_none_of_the_gateways_credentials() {
             .iter()
             .filter(|(k, _)| k.contains("pleo"))
             .count(),
-        2,
-        "exactly the two identity headers"
+        3,
+        "exactly the three identity headers"
     );
+    let assertion = echoed(&echo, "x-pleo-identity").expect("a signed identity");
+    let verified = h
+        .state
+        .identity
+        .verify(&assertion, crate::session::now_ms())
+        .expect("the gateway's own assertion verifies");
+    assert_eq!(verified.claims.sub, SUBJECT);
 }
 
 #[tokio::test]

@@ -1,0 +1,181 @@
+//! The signed identity the app receives with every request (`X-Pleo-Identity`), the JWKS that
+//! lets it check the signature, and the check the internal listener runs on assertions that
+//! come back.
+//!
+//! `X-Pleo-Subject` tells the app who the user is, but anything that reaches the app's port
+//! without passing through the gateway can send it too. The assertion cannot be forged without
+//! the gateway's key: a compact JWS (EdDSA, Ed25519) with
+//!
+//! - `iss`: `server.public_url` (without trailing slash); `aud`: `[identity] audience`;
+//! - `sub`: the Pleo subject URN; `scope`: the granted scopes, space-separated;
+//! - `sid`: a reference to the session ([`reference`]), neither its id nor its store key;
+//! - `iat`, `exp` (`[identity] assertion_ttl`, 60 s by default), `jti`; `kid` in the header.
+//!
+//! The app's server side may hand the assertion back to the internal listener to call Pleo
+//! as that user ([`crate::internal`]); [`Identity::verify`] is that check. An assertion is
+//! never a substitute for the cookie on the public listener.
+
+pub mod jws;
+pub mod keys;
+pub mod reference;
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    config::{Config, EncryptionKey, SigningKeyMaterial},
+    session::{Session, SessionKey, id::random_token},
+    state::AppState,
+};
+use jws::Claims;
+use keys::SigningKeys;
+use reference::SessionReferences;
+
+/// The request header carrying the assertion to the app (and, optionally, back to the internal
+/// listener).
+pub const IDENTITY_HEADER: &str = "x-pleo-identity";
+
+/// Clock skew tolerated when checking `exp` and `iat`, between replicas and the app.
+pub const LEEWAY: Duration = Duration::from_secs(5);
+
+/// Signs assertions and checks them.
+#[derive(Debug)]
+pub struct Identity {
+    keys: SigningKeys,
+    references: SessionReferences,
+    issuer: String,
+    audience: String,
+    ttl: Duration,
+}
+
+/// Why an assertion was refused; said in the 401, which helps an app developer and tells an
+/// attacker nothing they did not send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AssertionError {
+    /// Not a JWS, a header other than EdDSA with one of our `kid`s, or a bad signature.
+    #[error("it is not a valid assertion signed by this gateway")]
+    Invalid,
+    /// Issued by another gateway (`iss`).
+    #[error("it was issued by another gateway")]
+    WrongIssuer,
+    /// Meant for another audience (`aud`).
+    #[error("it was issued for another audience")]
+    WrongAudience,
+    /// Past `exp` (plus [`LEEWAY`]), or issued in the future.
+    #[error("it has expired")]
+    Expired,
+}
+
+/// A checked assertion: its claims and the session it names.
+#[derive(Clone, Debug)]
+pub struct VerifiedAssertion {
+    /// What the gateway signed.
+    pub claims: Claims,
+    /// The store key of the session (from `sid`).
+    pub session: SessionKey,
+}
+
+impl Identity {
+    /// Builds the signer from `[identity]`; session references are sealed with the session
+    /// encryption keys `session_keys` (the ones in use, generated or configured).
+    pub fn new(config: &Config, session_keys: &[EncryptionKey]) -> anyhow::Result<Self> {
+        let materials = if config.identity.signing_keys.is_empty() {
+            tracing::warn!(
+                "identity.signing_keys is not set: a signing key was generated for this process. \
+                 Fine for one replica; several replicas need a shared key (see `check-config`)"
+            );
+            vec![SigningKeyMaterial::generate()]
+        } else {
+            config.identity.signing_keys.clone()
+        };
+        let keys = SigningKeys::new(&materials)
+            .ok_or_else(|| anyhow::anyhow!("identity.signing_keys: a key could not be loaded"))?;
+        let references = SessionReferences::new(session_keys)
+            .ok_or_else(|| anyhow::anyhow!("no session encryption key"))?;
+        let issuer = config.issuer();
+        let audience = config
+            .identity
+            .audience
+            .clone()
+            .unwrap_or_else(|| issuer.clone());
+        Ok(Self {
+            keys,
+            references,
+            issuer,
+            audience,
+            ttl: config.identity.assertion_ttl,
+        })
+    }
+
+    /// The assertion for `session` at `now_ms`; `None` while its subject is unknown (nothing
+    /// reaches the app then anyway).
+    pub fn assertion(&self, session: &Session, now_ms: u64) -> Option<String> {
+        let sub = session.data.subject.clone()?;
+        let iat = now_ms / 1000;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub,
+            scope: session.data.scopes.join(" "),
+            sid: self.references.make(&session.key),
+            iat,
+            exp: iat + self.ttl.as_secs(),
+            jti: random_token(),
+        };
+        Some(jws::sign(&self.keys, &claims))
+    }
+
+    /// [`assertion`](Self::assertion) as a header value.
+    pub fn header_value(&self, session: &Session, now_ms: u64) -> Option<HeaderValue> {
+        self.assertion(session, now_ms)
+            .and_then(|token| HeaderValue::from_str(&token).ok())
+    }
+
+    /// Checks an assertion handed back at `now_ms`: signature and header, issuer, audience,
+    /// expiry; returns the session it names.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<VerifiedAssertion, AssertionError> {
+        let claims = jws::verify(&self.keys, token).map_err(|_| AssertionError::Invalid)?;
+        if claims.iss != self.issuer {
+            return Err(AssertionError::WrongIssuer);
+        }
+        if claims.aud != self.audience {
+            return Err(AssertionError::WrongAudience);
+        }
+        let now = now_ms / 1000;
+        let leeway = LEEWAY.as_secs();
+        if claims.exp.saturating_add(leeway) <= now || claims.iat > now.saturating_add(leeway) {
+            return Err(AssertionError::Expired);
+        }
+        let session = self
+            .references
+            .open(&claims.sid)
+            .ok_or(AssertionError::Invalid)?;
+        Ok(VerifiedAssertion { claims, session })
+    }
+
+    /// The JWK Set of every configured key.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.jwks()
+    }
+}
+
+/// `GET /auth/jwks.json`: the public keys that verify `X-Pleo-Identity`. Cacheable for a few
+/// minutes: a key is published before it signs (rotation), so a cached set is never missing the
+/// signing key for longer than the operator waited between the two steps.
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = Json(state.identity.jwks()).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests;

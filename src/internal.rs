@@ -1,0 +1,150 @@
+//! The internal listener (`server.internal_listen`, off by default): the Pleo API proxy for the
+//! app's server side.
+//!
+//! A browser never reaches this listener (it is bound to the pod's loopback or an internal
+//! address), so it has no cookie, no CSRF rule and no login redirect. Every request must carry a
+//! credential, checked before anything else happens:
+//!
+//! - the identity assertion the app received with a browser request, as `Authorization: Bearer
+//!   <assertion>` or as the `X-Pleo-Identity` header passed on unchanged: the gateway checks its
+//!   signature, issuer, audience and expiry ([`crate::identity::Identity::verify`]), loads the
+//!   session it names — which must still be live: logged out, expired or disconnected is 401 —
+//!   and calls Pleo with that session's token;
+//!
+//! Either way the session's token is refreshed through the same exactly-once protocol as a
+//! browser's ([`crate::token::refresh`]) and the request goes out through the same code
+//! ([`crate::proxy::forward_to_pleo`]). Only `{pleo_prefix}/…` and `/auth/jwks.json` are served;
+//! everything else is 404. An assertion is never accepted on the public listener.
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, header},
+    response::Response,
+    routing::{any, get},
+};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    sensitive_headers::SetSensitiveHeadersLayer,
+    trace::TraceLayer,
+};
+
+use crate::{
+    auth::guard::fresh_session_or,
+    error::GatewayError,
+    identity::IDENTITY_HEADER,
+    proxy::forward_to_pleo,
+    session::{Session, SessionKey, now_ms},
+    state::AppState,
+    token::RefreshError,
+};
+
+/// The internal listener's router with its middleware stack.
+pub fn router(state: AppState) -> Router {
+    let pleo_route = format!("{}/{{*path}}", state.config.proxy.pleo_prefix);
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route(&pleo_route, any(proxy_for_app))
+        .route("/auth/jwks.json", get(crate::identity::jwks))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(CatchPanicLayer::new())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |request: &axum::http::Request<axum::body::Body>| {
+                tracing::debug_span!(
+                    "internal request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                )
+            },
+        ))
+        // Both credentials this listener takes are bearer secrets.
+        .layer(SetSensitiveHeadersLayer::new([
+            header::AUTHORIZATION,
+            HeaderName::from_static(IDENTITY_HEADER),
+        ]))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn not_found() -> GatewayError {
+    GatewayError::NotFound
+}
+
+/// `ANY {pleo_prefix}/{*path}` on the internal listener.
+async fn proxy_for_app(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let token = assertion(&parts.headers)?;
+    let session = session_for_assertion(&state, &token).await?;
+    let session = fresh_session_or(&state, session, |key, e| {
+        assertion_refresh_error(&state, key, e)
+    })
+    .await?;
+    forward_to_pleo(&state, session, parts, body, &|key, e| {
+        assertion_refresh_error(&state, key, e)
+    })
+    .await
+}
+
+/// The assertion: `Authorization: Bearer <assertion>`, or `X-Pleo-Identity` as the app got it.
+fn assertion(headers: &HeaderMap) -> Result<String, GatewayError> {
+    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+        return bearer(authorization.to_str().unwrap_or_default())
+            .map(str::to_owned)
+            .ok_or(GatewayError::CredentialsMissing);
+    }
+    headers
+        .get(IDENTITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .ok_or(GatewayError::CredentialsMissing)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The live session an assertion names. Its idle expiry slides, as for a browser request: the
+/// app acts on the user's behalf.
+async fn session_for_assertion(state: &AppState, token: &str) -> Result<Session, GatewayError> {
+    let verified = state.identity.verify(token, now_ms()).map_err(|e| {
+        tracing::debug!(error = %e, "identity assertion refused");
+        GatewayError::AssertionRefused(e.to_string())
+    })?;
+    let session = state
+        .sessions
+        .load_cached_by_key(&verified.session)
+        .await?
+        .ok_or(GatewayError::AssertionSessionEnded)?;
+    // The reference is sealed, so it names this session; the subject must agree all the same.
+    if session.data.subject.as_deref() != Some(verified.claims.sub.as_str()) {
+        return Err(GatewayError::AssertionSessionEnded);
+    }
+    Ok(session)
+}
+
+/// A refresh failure for an assertion's session: ended is 401 (no cookie to clear here),
+/// transient is 503 as for the browser.
+fn assertion_refresh_error(
+    state: &AppState,
+    key: &SessionKey,
+    error: RefreshError,
+) -> GatewayError {
+    match error {
+        RefreshError::Ended(_) | RefreshError::Gone => {
+            state.websockets.close_websockets(key);
+            GatewayError::AssertionSessionEnded
+        }
+        RefreshError::Unavailable { retry_after, .. } => {
+            GatewayError::PleoUnavailable { retry_after }
+        }
+        RefreshError::Store(e) => e.into(),
+    }
+}
