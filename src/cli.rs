@@ -1,4 +1,4 @@
-//! The command line: `serve` (default), `check-config`, `demo`, `mock-pleo`.
+//! The command line: `serve` (default), `check-config`, `grants`, `demo`, `mock-pleo`.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -21,6 +21,12 @@ pub struct Cli {
 pub enum Command {
     /// Load and validate the configuration, print it with secrets redacted.
     CheckConfig,
+    /// Background grants in the configured store (`[background]`).
+    Grants {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: GrantsAction,
+    },
     /// Run the gateway with an in-memory store, an embedded mock Pleo and a demo page.
     Demo {
         /// Port of the gateway on 127.0.0.1.
@@ -50,5 +56,17 @@ pub enum Command {
         /// Approve automatically instead of showing the consent page.
         #[arg(long)]
         auto_approve: bool,
+    },
+}
+
+/// `pleo-gateway grants …`.
+#[derive(Debug, Subcommand)]
+pub enum GrantsAction {
+    /// List every subject with a background grant.
+    List,
+    /// Remove a subject's background grant (its browser session, if any, is untouched).
+    Revoke {
+        /// The subject URN, e.g. urn:pleo:company:<uuid>.
+        subject: String,
     },
 }

@@ -10,6 +10,8 @@
 //!   signature, issuer, audience and expiry ([`crate::identity::Identity::verify`]), loads the
 //!   session it names — which must still be live: logged out, expired or disconnected is 401 —
 //!   and calls Pleo with that session's token;
+//! - with `[background] enabled`, a service token as `Authorization: Bearer <token>` plus
+//!   `X-Pleo-Subject: <urn>`: the most recent grant of that subject ([`crate::grants`]).
 //!
 //! Either way the session's token is refreshed through the same exactly-once protocol as a
 //! browser's ([`crate::token::refresh`]) and the request goes out through the same code
@@ -33,6 +35,7 @@ use tower_http::{
 use crate::{
     auth::guard::fresh_session_or,
     error::GatewayError,
+    grants,
     identity::IDENTITY_HEADER,
     proxy::forward_to_pleo,
     session::{Session, SessionKey, now_ms},
@@ -72,35 +75,51 @@ async fn not_found() -> GatewayError {
     GatewayError::NotFound
 }
 
+/// Who is calling, as their credential says.
+enum Caller {
+    /// The app's server side with an assertion it received: acts as that session.
+    Assertion(String),
+    /// A background job with a service token: acts as the subject's newest grant.
+    Background(String),
+}
+
 /// `ANY {pleo_prefix}/{*path}` on the internal listener.
 async fn proxy_for_app(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
-    let token = assertion(&parts.headers)?;
-    let session = session_for_assertion(&state, &token).await?;
-    let session = fresh_session_or(&state, session, |key, e| {
-        assertion_refresh_error(&state, key, e)
-    })
-    .await?;
-    forward_to_pleo(&state, session, parts, body, &|key, e| {
-        assertion_refresh_error(&state, key, e)
-    })
-    .await
+    match caller(&state, &parts.headers)? {
+        Caller::Assertion(token) => {
+            let session = session_for_assertion(&state, &token).await?;
+            let on_error = |key: &SessionKey, e| assertion_refresh_error(&state, key, e);
+            let session = fresh_session_or(&state, session, on_error).await?;
+            forward_to_pleo(&state, session, parts, body, &on_error).await
+        }
+        Caller::Background(subject) => {
+            let session = grants::session_for_subject(&state, &subject).await?;
+            let on_error = |key: &SessionKey, e| grants::refresh_error(&state, key, &subject, e);
+            let session = fresh_session_or(&state, session, on_error).await?;
+            forward_to_pleo(&state, session, parts, body, &on_error).await
+        }
+    }
 }
 
-/// The assertion: `Authorization: Bearer <assertion>`, or `X-Pleo-Identity` as the app got it.
-fn assertion(headers: &HeaderMap) -> Result<String, GatewayError> {
+/// The credential: a bearer token (a service token when background access is on and it is
+/// one, otherwise an assertion), or `X-Pleo-Identity` as the app got it.
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, GatewayError> {
     if let Some(authorization) = headers.get(header::AUTHORIZATION) {
-        return bearer(authorization.to_str().unwrap_or_default())
-            .map(str::to_owned)
-            .ok_or(GatewayError::CredentialsMissing);
+        let token = bearer(authorization.to_str().unwrap_or_default())
+            .ok_or(GatewayError::CredentialsMissing)?;
+        return Ok(match grants::background_subject(state, token, headers)? {
+            Some(subject) => Caller::Background(subject),
+            None => Caller::Assertion(token.to_owned()),
+        });
     }
     headers
         .get(IDENTITY_HEADER)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_owned())
+        .map(|v| Caller::Assertion(v.trim().to_owned()))
         .ok_or(GatewayError::CredentialsMissing)
 }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod forwarded;
+pub mod grants;
 pub mod identity;
 pub mod internal;
 pub mod mock_pleo;

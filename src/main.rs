@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pleo_gateway::{
     app,
-    cli::{Cli, Command},
+    cli::{Cli, Command, GrantsAction},
     config::Config,
     demo,
     mock_pleo::{MockClient, MockPleo, MockPleoConfig},
@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
     telemetry::install_crypto_provider();
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::Grants { action }) => report(grants(cli.config.as_deref(), action).await),
         Some(Command::Demo { port }) => {
             telemetry::init_tracing();
             report(demo::run(port, shutdown::signal()).await)
@@ -55,12 +56,26 @@ fn check_config(cli: &Cli) -> ExitCode {
     match Config::load(cli.config.as_deref()) {
         Ok(config) => {
             println!("{}", config.redacted_toml());
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             eprintln!("configuration is valid");
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn grants(file: Option<&std::path::Path>, action: GrantsAction) -> anyhow::Result<()> {
+    let config = Config::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = std::io::stdout();
+    match action {
+        GrantsAction::List => pleo_gateway::grants::admin::list(&config, &mut out).await,
+        GrantsAction::Revoke { subject } => {
+            pleo_gateway::grants::admin::revoke(&config, &subject, &mut out).await
         }
     }
 }

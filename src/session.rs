@@ -6,6 +6,7 @@
 //! [`pending_login`] with the same [`Sealer`].
 
 pub mod backend;
+mod background;
 pub mod cache;
 mod clock;
 pub mod cookie;

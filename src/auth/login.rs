@@ -10,7 +10,7 @@ use axum::{
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{guard::current_session, return_to::sanitize_return_to};
+use super::{guard::current_session, return_to::sanitize_return_to, subject::is_subject_urn};
 use crate::{
     error::{GatewayError, QueryParams, redirect},
     forwarded,
@@ -117,16 +117,6 @@ fn check_rate(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result
     state.login_limiter.check(client).map_err(|retry_after| {
         tracing::info!(%client, "login rate limit reached");
         GatewayError::RateLimited { retry_after }
-    })
-}
-
-/// `urn:pleo:company:<id>` or `urn:pleo:organisation:<id>`, id of UUID characters.
-fn is_subject_urn(value: &str) -> bool {
-    let id = value
-        .strip_prefix("urn:pleo:company:")
-        .or_else(|| value.strip_prefix("urn:pleo:organisation:"));
-    id.is_some_and(|id| {
-        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
     })
 }
 
@@ -264,7 +254,7 @@ async fn finish_login(
     // A session that existed before login is ended, and a new id is issued: an id planted in the
     // browser before login (session fixation) must be worthless after it.
     if let Ok(Some(old)) = current_session(state, headers).await
-        && let Err(e) = state.sessions.delete(&old.key).await
+        && let Err(e) = state.sessions.end_browser_session(&old.key).await
     {
         tracing::warn!(error = %e, "could not delete the pre-login session");
     }
@@ -274,6 +264,7 @@ async fn finish_login(
         subject = session.data.subject.as_deref().unwrap_or("unknown"),
         "login completed"
     );
+    crate::grants::adopt(state, &session).await;
     let mut response = redirect(&pending.return_to);
     response.headers_mut().append(
         header::SET_COOKIE,

@@ -58,9 +58,15 @@ pub async fn logout(
 ) -> Result<Response, GatewayError> {
     require_csrf_header(&headers)?;
     if let Some(session) = current_session(&state, &headers).await? {
-        state.sessions.delete(&session.key).await?;
+        // A session that is its company's background grant stays for the background caller
+        // (`crate::grants`); its browser session ends all the same.
+        let kept = state.sessions.end_browser_session(&session.key).await?;
         state.websockets.close_websockets(&session.key);
-        tracing::info!(session = session.key.short(), "logged out");
+        tracing::info!(
+            session = session.key.short(),
+            kept_as_background_grant = kept,
+            "logged out"
+        );
     }
     Ok(logged_out(&state, false))
 }
@@ -106,6 +112,10 @@ pub async fn disconnect(
     }
     state.sessions.delete(&session.key).await?;
     state.websockets.close_websockets(&session.key);
+    // The installation is revoked: the company's background grant could only fail now.
+    if let Some(subject) = session.data.subject.as_deref() {
+        crate::grants::forget(&state, subject).await?;
+    }
     tracing::info!(session = session.key.short(), "disconnected from Pleo");
     Ok(logged_out(&state, true))
 }

@@ -19,6 +19,17 @@ use crate::{
     state::AppState,
 };
 
+/// Whether `value` is a Pleo subject URN as Pleo writes them: `urn:pleo:company:<uuid>` or
+/// `urn:pleo:organisation:<uuid>` (hex digits and dashes, at most 64).
+pub fn is_subject_urn(value: &str) -> bool {
+    let id = value
+        .strip_prefix("urn:pleo:company:")
+        .or_else(|| value.strip_prefix("urn:pleo:organisation:"));
+    id.is_some_and(|id| {
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    })
+}
+
 /// Returns `session` with its subject known: as it is, or after asking Pleo again (and storing
 /// the answer). 503 with `Retry-After` while Pleo cannot say.
 pub async fn require_subject(state: &AppState, session: Session) -> Result<Session, GatewayError> {
@@ -60,5 +71,7 @@ pub async fn require_subject(state: &AppState, session: Session) -> Result<Sessi
         Err(e) => tracing::warn!(session = key.short(), error = %e, "could not store the subject"),
     }
     tracing::info!(session = key.short(), "the session's subject is now known");
+    // A login whose company was unknown becomes its background grant now.
+    crate::grants::adopt(state, &updated).await;
     Ok(updated)
 }

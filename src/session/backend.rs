@@ -137,6 +137,61 @@ pub trait SessionBackend: Send + Sync {
 
     /// Whether the backend answers (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // Background grants (`[background]`, see `crate::grants`): a session record that is some
+    // subject's background grant is *kept*. A kept record lives for `keep` after it was kept
+    // and after each write (a refresh), whatever its browser session does; its browser part
+    // still ends by the idle and absolute timeouts (`load_and_touch` says `None` then, while
+    // `load` and `compare_and_set` go on working for the background caller).
+
+    /// Keeps the record for `keep` after now and after each later write; false when it is gone.
+    fn keep(
+        &self,
+        key: &str,
+        keep: Duration,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stops keeping the record: it lives as long as its browser session does (deleted now if
+    /// that has ended). A record never kept is left as it is.
+    fn release(
+        &self,
+        key: &str,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Logout: a kept record's browser session ends (the record stays for the background
+    /// caller, `true`); any other record is deleted (`false`).
+    fn end_browser_session(
+        &self,
+        key: &str,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Points `subject`'s background slot at the record `key`; returns the key it pointed at.
+    fn set_grant_slot(
+        &self,
+        subject: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// The key `subject`'s background slot points at.
+    fn grant_slot(
+        &self,
+        subject: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Empties `subject`'s slot — only if it still points at `expected`, when given; true when
+    /// it was emptied.
+    fn clear_grant_slot(
+        &self,
+        subject: &str,
+        expected: Option<&str>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every slot: subject and key, sorted by subject.
+    fn grant_slots(&self)
+    -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 }
 
 #[cfg(test)]

@@ -14,12 +14,33 @@ use super::backend::{BackoffPolicy, CasOutcome, SessionBackend, StoreError, Stor
 #[derive(Debug)]
 struct Entry {
     session: StoredSession,
+    /// When the browser session ends unless used again (the idle timeout, capped at the
+    /// absolute deadline).
     expires_at_ms: u64,
+    /// While this is in the future the record is a background grant and stays, whatever its
+    /// browser session does; 0 when it is none.
+    keep_until_ms: u64,
+    /// How far each write moves `keep_until_ms` on.
+    keep_ms: u64,
+}
+
+impl Entry {
+    /// Whether the browser session is live (the cookie works).
+    fn browser_live(&self, now_ms: u64) -> bool {
+        self.expires_at_ms > now_ms && self.session.absolute_deadline_ms > now_ms
+    }
+
+    /// Whether the record exists at all (for the browser or as a background grant).
+    fn live(&self, now_ms: u64) -> bool {
+        self.browser_live(now_ms) || self.keep_until_ms > now_ms
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     sessions: HashMap<String, Entry>,
+    /// Background slots: subject → session key.
+    grant_slots: std::collections::BTreeMap<String, String>,
     locks: HashMap<String, (String, std::time::Instant)>,
     /// Failure count, back-off end (unix ms), forget-after (unix ms).
     backoffs: HashMap<String, (u32, u64, u64)>,
@@ -63,6 +84,10 @@ impl SessionBackend for MemoryStore {
         let Some(entry) = live(&mut inner, key, now_ms) else {
             return Ok(None);
         };
+        // A background grant whose browser session has ended: not a session for the cookie.
+        if !entry.browser_live(now_ms) {
+            return Ok(None);
+        }
         entry.expires_at_ms = (now_ms + ms(idle)).min(entry.session.absolute_deadline_ms);
         Ok(Some(entry.session.clone()))
     }
@@ -83,7 +108,7 @@ impl SessionBackend for MemoryStore {
         let mut inner = self.lock();
         inner.inserts += 1;
         if inner.inserts.is_multiple_of(SWEEP_EVERY) {
-            inner.sessions.retain(|_, e| e.expires_at_ms > now_ms);
+            inner.sessions.retain(|_, e| e.live(now_ms));
             inner.backoffs.retain(|_, (_, _, forget)| *forget > now_ms);
         }
         inner.sessions.insert(
@@ -95,6 +120,8 @@ impl SessionBackend for MemoryStore {
                     absolute_deadline_ms,
                 },
                 expires_at_ms: (now_ms + ms(idle)).min(absolute_deadline_ms),
+                keep_until_ms: 0,
+                keep_ms: 0,
             },
         );
         Ok(())
@@ -117,7 +144,13 @@ impl SessionBackend for MemoryStore {
         }
         entry.session.version += 1;
         entry.session.blob = blob.to_vec();
-        entry.expires_at_ms = (now_ms + ms(idle)).min(entry.session.absolute_deadline_ms);
+        if entry.keep_until_ms > now_ms {
+            // A background grant: each write (a refresh) keeps it longer; the browser's idle
+            // expiry is the browser's business.
+            entry.keep_until_ms = now_ms + entry.keep_ms;
+        } else {
+            entry.expires_at_ms = (now_ms + ms(idle)).min(entry.session.absolute_deadline_ms);
+        }
         Ok(CasOutcome::Written(entry.session.version))
     }
 
@@ -206,14 +239,82 @@ impl SessionBackend for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn keep(&self, key: &str, keep: Duration, now_ms: u64) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = live(&mut inner, key, now_ms) else {
+            return Ok(false);
+        };
+        entry.keep_ms = ms(keep);
+        entry.keep_until_ms = now_ms + entry.keep_ms;
+        Ok(true)
+    }
+
+    async fn release(&self, key: &str, now_ms: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.sessions.get_mut(key) {
+            entry.keep_until_ms = 0;
+            if !entry.browser_live(now_ms) {
+                inner.sessions.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_browser_session(&self, key: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        match inner.sessions.get_mut(key) {
+            Some(entry) if entry.keep_until_ms > now_ms => {
+                entry.session.absolute_deadline_ms = 0;
+                Ok(true)
+            }
+            _ => {
+                inner.sessions.remove(key);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn set_grant_slot(&self, subject: &str, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .grant_slots
+            .insert(subject.to_owned(), key.to_owned()))
+    }
+
+    async fn grant_slot(&self, subject: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().grant_slots.get(subject).cloned())
+    }
+
+    async fn clear_grant_slot(
+        &self,
+        subject: &str,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let matches = inner
+            .grant_slots
+            .get(subject)
+            .is_some_and(|key| expected.is_none_or(|expected| key == expected));
+        if matches {
+            inner.grant_slots.remove(subject);
+        }
+        Ok(matches)
+    }
+
+    async fn grant_slots(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .grant_slots
+            .iter()
+            .map(|(subject, key)| (subject.clone(), key.clone()))
+            .collect())
+    }
 }
 
 /// The entry if present and not expired; drops it when expired.
 fn live<'a>(inner: &'a mut Inner, key: &str, now_ms: u64) -> Option<&'a mut Entry> {
-    let expired = inner
-        .sessions
-        .get(key)
-        .is_some_and(|e| e.expires_at_ms <= now_ms);
+    let expired = inner.sessions.get(key).is_some_and(|e| !e.live(now_ms));
     if expired {
         inner.sessions.remove(key);
         return None;

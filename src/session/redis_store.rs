@@ -3,14 +3,18 @@
 //!
 //! Layout, every key under the configured prefix:
 //! - `{prefix}session:{hmac}` — a hash: `v` (version), `d` (sealed record), `a` (absolute
-//!   deadline, unix ms). Its TTL is the idle timeout, capped at the absolute deadline.
+//!   deadline, unix ms; 0 once the browser logged out of a kept record). Its TTL is the idle
+//!   timeout, capped at the absolute deadline. While the record is a background grant it also
+//!   holds `k` (kept until, unix ms), `kd` (how far each write moves `k` on) and `i` (the
+//!   browser's idle deadline, which the TTL no longer tracks), and its TTL reaches `k`.
+//! - `{prefix}grants` — a hash: subject URN → the key of its background grant's record.
 //! - `{prefix}lock:{hmac}` — the session's refresh lock: a random owner token, `SET NX PX`,
 //!   extended while held, deleted only by its owner.
 //! - `{prefix}backoff:{hmac}` — consecutive transient refresh failures and when the next attempt
 //!   may be made, shared by every replica (exponential back-off, as Pleo asks).
 //!
-//! Every multi-step operation is one Lua script on one key, so it is atomic and cluster-safe.
-//! How the connection is made and kept (standalone, Sentinel with failover, Cluster) is
+//! Every multi-step operation is one Lua script on one key, so it is atomic and cluster-safe
+//! (the scripts are in `redis_store/scripts.rs`). How the connection is made and kept (standalone, Sentinel with failover, Cluster) is
 //! [`super::redis_conn`].
 
 use std::{sync::Arc, time::Duration};
@@ -22,75 +26,8 @@ use super::{
     redis_conn::RedisConn,
 };
 
-/// Loads a session and slides its TTL: min(idle, absolute deadline - now). Deletes it when the
-/// absolute deadline has passed.
-const LOAD_AND_TOUCH: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'd', 'a')
-if not r[1] then return false end
-local now = tonumber(ARGV[2])
-local abs = tonumber(r[3])
-if abs <= now then redis.call('DEL', KEYS[1]) return false end
-redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), abs - now))
-return r
-";
-
-/// Replaces the record only if the version is unchanged; returns the new version, -1 when the
-/// session is gone, -2 on a version conflict.
-const COMPARE_AND_SET: &str = r"
-local r = redis.call('HMGET', KEYS[1], 'v', 'a')
-if not r[1] then return -1 end
-if r[1] ~= ARGV[1] then return -2 end
-local now = tonumber(ARGV[4])
-local abs = tonumber(r[2])
-if abs <= now then redis.call('DEL', KEYS[1]) return -1 end
-local v = tonumber(r[1]) + 1
-redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[3]), abs - now))
-return v
-";
-
-/// Creates a session at version 1 with its TTL in one step.
-const CREATE: &str = r"
-redis.call('HSET', KEYS[1], 'v', 1, 'd', ARGV[1], 'a', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-";
-
-/// Extends the lock's TTL only while `token` owns it.
-const EXTEND_LOCK: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
-
-/// Deletes the lock only while `token` owns it, so a holder whose lock expired and was taken by
-/// another replica cannot release that replica's lock.
-const UNLOCK: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-/// Records one more failed refresh: the wait doubles from ARGV[1] ms up to ARGV[2] ms; returns
-/// it. The count survives the wait (key kept ARGV[4] ms) so consecutive failures keep doubling.
-const RECORD_FAILURE: &str = r"
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-local wait = math.min(tonumber(ARGV[1]) * 2 ^ (n - 1), tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], 'until', tonumber(ARGV[3]) + wait)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return wait
-";
-
-/// Milliseconds left of the current back-off, 0 when none.
-const BACKOFF_LEFT: &str = r"
-local u = redis.call('HGET', KEYS[1], 'until')
-if not u then return 0 end
-local left = tonumber(u) - tonumber(ARGV[1])
-if left > 0 then return left end
-return 0
-";
+mod scripts;
+use scripts::*;
 
 struct Scripts {
     load_and_touch: Script,
@@ -100,6 +37,11 @@ struct Scripts {
     unlock: Script,
     record_failure: Script,
     backoff_left: Script,
+    keep: Script,
+    release: Script,
+    end_browser: Script,
+    set_slot: Script,
+    clear_slot: Script,
 }
 
 /// A Redis-backed store; cheap to clone (connections are multiplexed and shared).
@@ -138,6 +80,11 @@ impl RedisStore {
                 unlock: Script::new(UNLOCK),
                 record_failure: Script::new(RECORD_FAILURE),
                 backoff_left: Script::new(BACKOFF_LEFT),
+                keep: Script::new(KEEP),
+                release: Script::new(RELEASE),
+                end_browser: Script::new(END_BROWSER),
+                set_slot: Script::new(SET_SLOT),
+                clear_slot: Script::new(CLEAR_SLOT),
             }),
         })
     }
@@ -152,6 +99,10 @@ impl RedisStore {
 
     fn backoff_key(&self, key: &str) -> String {
         format!("{}backoff:{}", self.prefix, key)
+    }
+
+    fn grants_key(&self) -> String {
+        format!("{}grants", self.prefix)
     }
 }
 
@@ -227,17 +178,26 @@ impl SessionBackend for RedisStore {
 
     async fn load(&self, key: &str, now_ms: u64) -> Result<Option<StoredSession>, StoreError> {
         let mut conn = self.conn.clone();
-        let (version, blob, absolute): (Option<u64>, Option<Vec<u8>>, Option<u64>) =
-            redis::cmd("HMGET")
-                .arg(self.session_key(key))
-                .arg("v")
-                .arg("d")
-                .arg("a")
-                .query_async(&mut conn)
-                .await?;
+        #[allow(clippy::type_complexity)]
+        let (version, blob, absolute, keep): (
+            Option<u64>,
+            Option<Vec<u8>>,
+            Option<u64>,
+            Option<u64>,
+        ) = redis::cmd("HMGET")
+            .arg(self.session_key(key))
+            .arg("v")
+            .arg("d")
+            .arg("a")
+            .arg("k")
+            .query_async(&mut conn)
+            .await?;
+        // A record kept as a background grant is there for its background caller even after
+        // its browser session has ended.
+        let kept = keep.is_some_and(|k| k > now_ms);
         match (version, blob, absolute) {
             (Some(version), Some(blob), Some(absolute_deadline_ms))
-                if absolute_deadline_ms > now_ms =>
+                if absolute_deadline_ms > now_ms || kept =>
             {
                 Ok(Some(StoredSession {
                     version,
@@ -352,5 +312,89 @@ impl SessionBackend for RedisStore {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
+    }
+
+    async fn keep(&self, key: &str, keep: Duration, now_ms: u64) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let kept: i64 = self
+            .scripts
+            .keep
+            .key(self.session_key(key))
+            .arg(ms(keep).max(1))
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(kept == 1)
+    }
+
+    async fn release(&self, key: &str, now_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .release
+            .key(self.session_key(key))
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn end_browser_session(&self, key: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let kept: i64 = self
+            .scripts
+            .end_browser
+            .key(self.session_key(key))
+            .arg(now_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(kept == 1)
+    }
+
+    async fn set_grant_slot(&self, subject: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(self
+            .scripts
+            .set_slot
+            .key(self.grants_key())
+            .arg(subject)
+            .arg(key)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    async fn grant_slot(&self, subject: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("HGET")
+            .arg(self.grants_key())
+            .arg(subject)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    async fn clear_grant_slot(
+        &self,
+        subject: &str,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let cleared: i64 = self
+            .scripts
+            .clear_slot
+            .key(self.grants_key())
+            .arg(subject)
+            .arg(expected.unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(cleared == 1)
+    }
+
+    async fn grant_slots(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let all: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.grants_key())
+            .query_async(&mut conn)
+            .await?;
+        Ok(all.into_iter().collect())
     }
 }

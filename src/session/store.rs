@@ -125,6 +125,49 @@ impl Store {
         dispatch!(self, s => s.ping())
     }
 
+    /// Keeps the record for `keep` after now and after each later write (background grant).
+    pub async fn keep(&self, key: &str, keep: Duration, now_ms: u64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.keep(key, keep, now_ms))
+    }
+
+    /// Stops keeping the record: it lives as long as its browser session does.
+    pub async fn release(&self, key: &str, now_ms: u64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release(key, now_ms))
+    }
+
+    /// Logout: ends the browser session; true when the record stays as a background grant.
+    pub async fn end_browser_session(&self, key: &str, now_ms: u64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.end_browser_session(key, now_ms))
+    }
+
+    /// Points `subject`'s background slot at `key`; returns the key it pointed at.
+    pub async fn set_grant_slot(
+        &self,
+        subject: &str,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.set_grant_slot(subject, key))
+    }
+
+    /// The key `subject`'s background slot points at.
+    pub async fn grant_slot(&self, subject: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.grant_slot(subject))
+    }
+
+    /// Empties `subject`'s slot (only if it points at `expected`, when given).
+    pub async fn clear_grant_slot(
+        &self,
+        subject: &str,
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.clear_grant_slot(subject, expected))
+    }
+
+    /// Every background slot: subject and key.
+    pub async fn grant_slots(&self) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, s => s.grant_slots())
+    }
+
     /// Human name of the backend, for logs and `/readyz`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -8,6 +8,7 @@
 mod support;
 
 mod at_rest;
+mod background;
 mod browser;
 mod config_cli;
 mod failures;

@@ -122,7 +122,107 @@ async fn contract(store: &impl SessionBackend) {
     store.clear_refresh_backoff("b").await.unwrap();
     assert_eq!(store.refresh_backoff("b", now).await.unwrap(), None);
 
+    background_grants(store, now, deadline).await;
     store.ping().await.unwrap();
+}
+
+/// Kept records (background grants) and the subject slots that point at them.
+async fn background_grants(store: &impl SessionBackend, now: u64, deadline: u64) {
+    const KEEP: Duration = Duration::from_secs(7200);
+    let keep_ms = 7_200_000;
+    let idle_ms = u64::try_from(IDLE.as_millis()).unwrap();
+
+    // A kept record outlives its browser session's idle timeout: the cookie no longer finds
+    // it, the background caller does, and its writes (refreshes) keep it longer.
+    assert!(
+        !store.keep("g", KEEP, now).await.unwrap(),
+        "nothing to keep"
+    );
+    store
+        .create("g", b"grant", deadline, IDLE, now)
+        .await
+        .unwrap();
+    assert!(store.keep("g", KEEP, now).await.unwrap());
+    let idle_later = now + idle_ms + 1;
+    assert_eq!(
+        store.load_and_touch("g", IDLE, idle_later).await.unwrap(),
+        None
+    );
+    assert!(store.load("g", idle_later).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .compare_and_set("g", 1, b"refreshed", IDLE, idle_later)
+            .await
+            .unwrap(),
+        CasOutcome::Written(2)
+    );
+    let kept_until = idle_later + keep_ms;
+    assert!(
+        store.load("g", kept_until - 1).await.unwrap().is_some(),
+        "the write kept it past the browser's absolute deadline"
+    );
+    assert_eq!(store.load("g", kept_until).await.unwrap(), None);
+
+    // While the browser session is live, a kept record is an ordinary session to it.
+    store.create("h", b"h", deadline, IDLE, now).await.unwrap();
+    assert!(store.keep("h", KEEP, now).await.unwrap());
+    assert!(
+        store
+            .load_and_touch("h", IDLE, now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Logout ends the browser session of a kept record and keeps the record.
+    assert!(store.end_browser_session("h", now).await.unwrap());
+    assert_eq!(store.load_and_touch("h", IDLE, now).await.unwrap(), None);
+    assert!(store.load("h", now).await.unwrap().is_some());
+    // Released with its browser session over, it is gone.
+    store.release("h", now).await.unwrap();
+    assert_eq!(store.load("h", now).await.unwrap(), None);
+
+    // Released with a live browser session, it is that session's again; logout deletes it.
+    store.create("j", b"j", deadline, IDLE, now).await.unwrap();
+    assert!(store.keep("j", KEEP, now).await.unwrap());
+    store.release("j", now).await.unwrap();
+    assert!(
+        store
+            .load_and_touch("j", IDLE, now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(!store.end_browser_session("j", now).await.unwrap());
+    assert_eq!(store.load("j", now).await.unwrap(), None);
+
+    // Slots: one per subject, moved by set, cleared only when still pointing where expected.
+    let (a, b) = ("urn:pleo:company:a", "urn:pleo:company:b");
+    assert_eq!(store.grant_slot(a).await.unwrap(), None);
+    assert_eq!(store.set_grant_slot(a, "g").await.unwrap(), None);
+    assert_eq!(
+        store.set_grant_slot(a, "h").await.unwrap().as_deref(),
+        Some("g")
+    );
+    assert_eq!(store.grant_slot(a).await.unwrap().as_deref(), Some("h"));
+    assert!(
+        !store.clear_grant_slot(a, Some("g")).await.unwrap(),
+        "moved on"
+    );
+    assert!(store.clear_grant_slot(a, Some("h")).await.unwrap());
+    assert_eq!(store.grant_slot(a).await.unwrap(), None);
+    store.set_grant_slot(b, "j").await.unwrap();
+    store.set_grant_slot(a, "g").await.unwrap();
+    assert_eq!(
+        store.grant_slots().await.unwrap(),
+        [
+            (a.to_owned(), "g".to_owned()),
+            (b.to_owned(), "j".to_owned())
+        ]
+    );
+    assert!(store.clear_grant_slot(a, None).await.unwrap());
+    assert!(store.clear_grant_slot(b, None).await.unwrap());
+    assert!(!store.clear_grant_slot(b, None).await.unwrap());
+    assert!(store.grant_slots().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -144,7 +244,7 @@ async fn the_redis_backend_keeps_the_contract() {
         .await
         .unwrap_or_else(|e| panic!("the contract test needs Redis at {url}: {e}"));
     contract(&store).await;
-    for key in ["s", "t"] {
+    for key in ["s", "t", "g", "h", "j"] {
         store.delete(key).await.unwrap();
     }
     store.clear_refresh_backoff("b").await.unwrap();

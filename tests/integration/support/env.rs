@@ -272,6 +272,12 @@ impl TestEnv {
         )
     }
 
+    /// The `PLEO_GATEWAY__…` configuration every replica of this test runs with (to run the
+    /// real binary against the same store, say).
+    pub fn config_env(&self) -> &HashMap<String, String> {
+        &self.config_env
+    }
+
     /// A fresh browser with an empty cookie jar.
     pub fn browser(&self) -> Browser {
         Browser::new(self.gateway_url.clone())
