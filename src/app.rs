@@ -47,7 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/auth/check", any(auth::check))
         .route("/auth/check/", any(auth::check))
         .route("/auth/check/{*rest}", any(auth::check))
-        .route("/auth/jwks.json", get(crate::identity::jwks))
+        .route("/auth/jwks.json", get(auth::jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // Metrics are served only on `server.metrics_listen`; here the path is the gateway's.

@@ -12,4 +12,4 @@ mod session_routes;
 pub mod subject;
 
 pub use login::{begin_login, complete_login};
-pub use session_routes::{check, disconnect, logout, session_info};
+pub use session_routes::{check, disconnect, jwks, logout, session_info};

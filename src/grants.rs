@@ -32,8 +32,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{
-    auth::subject::is_subject_urn,
     error::GatewayError,
+    identity::is_subject_urn,
     session::{Session, SessionKey},
     state::AppState,
     token::RefreshError,

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use axum::{
     Json,
-    extract::State,
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
@@ -31,7 +30,6 @@ use axum::{
 use crate::{
     config::{Config, EncryptionKey, SigningKeyMaterial},
     session::{Session, SessionKey, id::random_token},
-    state::AppState,
 };
 use jws::Claims;
 use keys::SigningKeys;
@@ -43,6 +41,17 @@ pub const IDENTITY_HEADER: &str = "x-pleo-identity";
 
 /// Clock skew tolerated when checking `exp` and `iat`, between replicas and the app.
 pub const LEEWAY: Duration = Duration::from_secs(5);
+
+/// Whether `value` is a Pleo subject URN as Pleo writes them: `urn:pleo:company:<uuid>` or
+/// `urn:pleo:organisation:<uuid>` (hex digits and dashes, at most 64).
+pub fn is_subject_urn(value: &str) -> bool {
+    let id = value
+        .strip_prefix("urn:pleo:company:")
+        .or_else(|| value.strip_prefix("urn:pleo:organisation:"));
+    id.is_some_and(|id| {
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    })
+}
 
 /// Signs assertions and checks them.
 #[derive(Debug)]
@@ -165,11 +174,11 @@ impl Identity {
     }
 }
 
-/// `GET /auth/jwks.json`: the public keys that verify `X-Pleo-Identity`. Cacheable for a few
-/// minutes: a key is published before it signs (rotation), so a cached set is never missing the
-/// signing key for longer than the operator waited between the two steps.
-pub async fn jwks(State(state): State<AppState>) -> Response {
-    let mut response = Json(state.identity.jwks()).into_response();
+/// The answer of `GET /auth/jwks.json`: the public keys that verify `X-Pleo-Identity`.
+/// Cacheable for a few minutes: a key is published before it signs (rotation), so a cached set
+/// is never missing the signing key for longer than the operator waited between the two steps.
+pub fn jwks_response(identity: &Identity) -> Response {
+    let mut response = Json(identity.jwks()).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

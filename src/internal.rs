@@ -49,7 +49,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route(&pleo_route, any(proxy_for_app))
-        .route("/auth/jwks.json", get(crate::identity::jwks))
+        .route("/auth/jwks.json", get(crate::auth::jwks))
         .fallback(not_found)
         .with_state(state)
         .layer(CatchPanicLayer::new())

@@ -10,10 +10,11 @@ use axum::{
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{guard::current_session, return_to::sanitize_return_to, subject::is_subject_urn};
+use super::{guard::current_session, return_to::sanitize_return_to};
 use crate::{
     error::{GatewayError, QueryParams, redirect},
     forwarded,
+    identity::is_subject_urn,
     session::{
         SessionData, SessionId,
         cookie::{cookie_pairs, find_cookie},

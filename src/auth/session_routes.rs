@@ -143,6 +143,11 @@ fn logged_out(state: &AppState, disconnected: bool) -> Response {
     no_store(response)
 }
 
+/// `GET /auth/jwks.json` (on both listeners): the public keys that verify `X-Pleo-Identity`.
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    crate::identity::jwks_response(&state.identity)
+}
+
 /// Forward-auth (nginx `auth_request`, Traefik ForwardAuth, Envoy `ext_authz`): 200 with the
 /// identity headers for a live session, 401 otherwise. Any method is accepted, and any path
 /// under `/auth/check/` (Envoy appends the original path to `path_prefix`). If the request being

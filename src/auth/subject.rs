@@ -19,17 +19,6 @@ use crate::{
     state::AppState,
 };
 
-/// Whether `value` is a Pleo subject URN as Pleo writes them: `urn:pleo:company:<uuid>` or
-/// `urn:pleo:organisation:<uuid>` (hex digits and dashes, at most 64).
-pub fn is_subject_urn(value: &str) -> bool {
-    let id = value
-        .strip_prefix("urn:pleo:company:")
-        .or_else(|| value.strip_prefix("urn:pleo:organisation:"));
-    id.is_some_and(|id| {
-        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
-    })
-}
-
 /// Returns `session` with its subject known: as it is, or after asking Pleo again (and storing
 /// the answer). 503 with `Retry-After` while Pleo cannot say.
 pub async fn require_subject(state: &AppState, session: Session) -> Result<Session, GatewayError> {

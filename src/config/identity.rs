@@ -248,6 +248,93 @@ pub(super) fn background(r: &mut Reader) -> Option<BackgroundConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ConfigError};
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut env: std::collections::HashMap<String, String> = [
+            ("PLEO__CLIENT_ID", "c"),
+            ("PLEO__SCOPES", "users:read"),
+            ("SESSION__STORE", "memory"),
+        ]
+        .iter()
+        .chain(pairs)
+        .map(|(k, v)| (format!("PLEO_GATEWAY__{k}"), (*v).to_owned()))
+        .collect();
+        env.retain(|_, v| !v.is_empty());
+        Config::load_with_env(None, &env)
+    }
+
+    fn problems(pairs: &[(&str, &str)]) -> String {
+        match load(pairs) {
+            Ok(_) => panic!("{pairs:?} should be refused"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn background_access_needs_long_service_tokens_and_never_echoes_them() {
+        let text = problems(&[("BACKGROUND__ENABLED", "true")]);
+        assert!(
+            text.contains("background.service_tokens: required"),
+            "{text}"
+        );
+        let text = problems(&[
+            ("BACKGROUND__ENABLED", "true"),
+            ("BACKGROUND__SERVICE_TOKENS", "short-secret,another one"),
+        ]);
+        assert!(text.contains("entry 1 must be at least 32"), "{text}");
+        assert!(!text.contains("short-secret"), "{text}");
+        let token = "0123456789abcdef0123456789abcdef";
+        let config = load(&[
+            ("BACKGROUND__ENABLED", "true"),
+            ("BACKGROUND__SERVICE_TOKENS", token),
+        ])
+        .unwrap();
+        assert!(config.background.enabled);
+        assert_eq!(config.background.service_tokens.len(), 1);
+        assert!(!format!("{config:?}").contains(token));
+        assert!(!config.redacted_toml().contains(token));
+    }
+
+    #[test]
+    fn identity_keys_and_ttl_are_checked() {
+        let text = problems(&[("IDENTITY__SIGNING_KEYS", "bm90IGEga2V5")]);
+        assert!(
+            text.contains("identity.signing_keys: entry 1 is neither"),
+            "{text}"
+        );
+        assert!(problems(&[("IDENTITY__ASSERTION_TTL", "1h")]).contains("identity.assertion_ttl"));
+        let config = load(&[("SERVER__INTERNAL_LISTEN", "127.0.0.1:8081")]).unwrap();
+        assert_eq!(
+            config.server.internal_listen,
+            Some("127.0.0.1:8081".parse().unwrap())
+        );
+        assert_eq!(
+            config.identity.assertion_ttl,
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            load(&[]).unwrap().server.internal_listen,
+            None,
+            "off by default"
+        );
+    }
+
+    #[test]
+    fn generated_signing_keys_are_a_warning_for_several_replicas() {
+        let warnings = load(&[]).unwrap().warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("identity.signing_keys")),
+            "{warnings:?}"
+        );
+        let seed = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let configured = load(&[("IDENTITY__SIGNING_KEYS", seed)]).unwrap();
+        assert!(
+            configured.warnings().is_empty(),
+            "{:?}",
+            configured.warnings()
+        );
+    }
 
     #[test]
     fn a_pem_block_from_openssl_is_one_key() {

@@ -84,3 +84,23 @@ fn valid_config_is_printed_with_secrets_redacted() {
         assert!(!stderr.contains(secret), "{secret} printed: {stderr}");
     }
 }
+
+/// Without identity signing keys, check-config warns that several replicas need shared ones.
+#[test]
+fn check_config_warns_that_replicas_need_shared_signing_keys() {
+    let output = check_config(&valid_config());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: identity.signing_keys is not set"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("several"), "{stderr}");
+    let with_key = valid_config()
+        + "\n[identity]\nsigning_keys = [\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]\n";
+    let output = check_config(&with_key);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("AAECAwQF"));
+}

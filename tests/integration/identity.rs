@@ -286,9 +286,10 @@ for_each_store! {
     }
 }
 
-/// The JWKS verifies the assertion with an implementation other than the gateway's: Node's
-/// `crypto` (OpenSSL), as an app in another language would. Skipped, saying so, without node.
-#[tokio::test]
+/// The JWKS verifies the assertion with implementations other than the gateway's: ring used
+/// directly, Node's `crypto` (OpenSSL) and the README's PyJWT example, as an app in another
+/// language would. The last two are skipped, saying so, when not installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jwks_verifies_the_assertion_with_an_independent_implementation() {
     let env = gateway_with_app(StoreKind::Memory).await;
     let browser = env.browser();
@@ -353,6 +354,56 @@ console.log(JSON.stringify({ ok, alg: header.alg, claims: JSON.parse(Buffer.from
         false,
         "another key's signature fails there too"
     );
+    readme_python_verifies(&env, &assertion, &forged).await;
+}
+
+/// The README's PyJWT example, taken from the README as written, against the live gateway:
+/// it accepts the assertion and refuses the forgery. Skipped, saying so, without PyJWT.
+async fn readme_python_verifies(env: &TestEnv, assertion: &str, forged: &str) {
+    let has_pyjwt = std::process::Command::new("python3")
+        .args(["-c", "import jwt, cryptography"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_pyjwt {
+        eprintln!(
+            "SKIPPED the README's Python example: python3 with PyJWT and cryptography is not installed (pip install \"pyjwt[crypto]\")"
+        );
+        return;
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = readme
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has a Python example");
+    let driver = format!(
+        "{example}\nimport sys, json\nJWKS = jwt.PyJWKClient(sys.argv[1])\nGATEWAY, AUDIENCE = sys.argv[2], sys.argv[3]\nprint(json.dumps(pleo_identity({{'X-Pleo-Identity': sys.argv[4]}})))\n"
+    );
+    let run = async |token: &str| {
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(&driver)
+            .arg(env.internal_url.join("/auth/jwks.json").unwrap().as_str())
+            .arg(env.gateway_url.as_str().trim_end_matches('/'))
+            .arg(AUDIENCE)
+            .arg(token)
+            .output()
+            .await
+            .expect("run python3")
+    };
+    let accepted = run(assertion).await;
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let (subject, scopes): (String, Vec<String>) =
+        serde_json::from_slice(&accepted.stdout).unwrap();
+    assert_eq!(subject, claims(assertion).sub);
+    assert_eq!(scopes.join(" "), claims(assertion).scope);
+    let refused = run(forged).await;
+    assert!(!refused.status.success(), "the forgery is refused");
 }
 
 fn which(program: &str) -> Result<std::path::PathBuf, ()> {
