@@ -56,8 +56,10 @@ fn is_service_token(tokens: &[secrecy::SecretString], token: &str) -> bool {
 
 /// For a bearer `token` on the internal listener: `Some(subject)` when it is a service token
 /// (background access on) with a valid `X-Pleo-Subject`, `None` when it should be checked as an
-/// identity assertion. A caller that names a subject without a valid service token is refused
-/// here, so a wrong token says "service token", not "assertion".
+/// identity assertion. A caller that names a subject with something that is neither a service
+/// token nor shaped like an assertion is refused here, so a wrong service token says "service
+/// token", not "assertion" — while an app that passes the identity headers it received along
+/// with its assertion is still checked as an assertion.
 pub fn background_subject(
     state: &AppState,
     token: &str,
@@ -66,9 +68,10 @@ pub fn background_subject(
     let background = &state.config.background;
     let subject = headers.get(SUBJECT_HEADER);
     if !background.enabled || !is_service_token(&background.service_tokens, token) {
+        let looks_like_assertion = token.split('.').count() == 3;
         return match subject {
-            Some(_) => Err(GatewayError::ServiceTokenInvalid),
-            None => Ok(None),
+            Some(_) if !looks_like_assertion => Err(GatewayError::ServiceTokenInvalid),
+            _ => Ok(None),
         };
     }
     let subject = subject

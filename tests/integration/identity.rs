@@ -149,8 +149,17 @@ for_each_store! {
             "no identity header reaches Pleo: {echo}"
         );
 
-        // The assertion also works as the X-Pleo-Identity header passed on unchanged.
+        // The assertion also works as the X-Pleo-Identity header passed on unchanged, and
+        // beside the other identity headers the app received.
         let assertion = assertion_for(&browser).await;
+        let response = reqwest::Client::new()
+            .get(env.internal_url.join("/pleo/echo/x").unwrap())
+            .bearer_auth(&assertion)
+            .header("X-Pleo-Subject", claims(&assertion).sub)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
         let response = reqwest::Client::new()
             .get(env.internal_url.join("/pleo/echo/x").unwrap())
             .header("X-Pleo-Identity", &assertion)
