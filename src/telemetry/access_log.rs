@@ -82,7 +82,6 @@ pub async fn observe(State(log): State<AccessLog>, request: Request, next: Next)
         request_id,
         method,
         otel.kind = Empty,
-        otel.name = Empty,
         otel.status_code = Empty,
     );
     if otel::enabled() {
@@ -122,7 +121,7 @@ pub async fn observe(State(log): State<AccessLog>, request: Request, next: Next)
         metrics::csrf_rejection(route, error);
     }
     if otel::enabled() {
-        span.record("otel.name", format!("{method} {route}"));
+        otel::rename(&span, format!("{method} {route}"));
         otel::attribute(&span, "http.route", route);
         otel::attribute(&span, "http.response.status_code", i64::from(status));
         if status >= 500 {

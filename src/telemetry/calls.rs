@@ -43,11 +43,9 @@ impl Call {
             "pleo.request",
             endpoint,
             otel.kind = "client",
-            otel.name = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
         if otel::enabled() {
-            span.record("otel.name", format!("{method} pleo {endpoint}"));
             otel::attribute(&span, "http.request.method", method.as_str().to_owned());
         }
         Self::start(Peer::Pleo(endpoint), span)
@@ -58,11 +56,9 @@ impl Call {
         let span = tracing::debug_span!(
             "app.request",
             otel.kind = "client",
-            otel.name = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
         if otel::enabled() {
-            span.record("otel.name", format!("{method} app"));
             otel::attribute(&span, "http.request.method", method.as_str().to_owned());
         }
         Self::start(Peer::App, span)

@@ -23,7 +23,11 @@ use std::{
 };
 
 use axum::http::HeaderMap;
-use opentelemetry::{KeyValue, propagation::TextMapPropagator, trace::TracerProvider as _};
+use opentelemetry::{
+    KeyValue,
+    propagation::TextMapPropagator,
+    trace::{TraceContextExt, TracerProvider as _},
+};
 use opentelemetry_http::{Bytes, HeaderExtractor, HeaderInjector, HttpClient, HttpError};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::{
@@ -134,6 +138,14 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     headers.remove("traceparent");
     headers.remove("tracestate");
     TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
+
+/// Renames `span` in the trace (once the route of a request is known, say). The span may have
+/// started already (a child did), so the OpenTelemetry span is renamed directly.
+pub fn rename(span: &tracing::Span, name: String) {
+    if enabled() {
+        span.context().span().update_name(name);
+    }
 }
 
 /// Sets an OpenTelemetry attribute on `span` (nothing when traces are off).

@@ -15,6 +15,7 @@ mod forward_auth;
 mod health;
 mod hostile;
 mod login;
+mod observability;
 mod proxy;
 mod redis_topologies;
 mod refresh;
