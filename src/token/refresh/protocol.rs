@@ -8,8 +8,8 @@
 //!    ([`take_lock_or_wait`](RefreshCoordinator::take_lock_or_wait)); if another replica holds
 //!    it, poll the session (20 ms doubling to [`MAX_POLL`]) until its pair appears, for at most
 //!    the caller's wait.
-//! 2. [`refresh_holding_lock`](RefreshCoordinator::refresh_holding_lock): re-read once more
-//!    under the lock, spend the refresh token, and act on the answer: a new pair is stored, a
+//! 2. [`refresh_holding_lock`](RefreshCoordinator::refresh_holding_lock): re-read the session
+//!    and the back-off once more under the lock, spend the refresh token, and act on the answer: a new pair is stored, a
 //!    rejection ends the session (unless a newer pair is already stored), anything else starts
 //!    or lengthens the back-off every replica honours ([`BACKOFF`]).
 //! 3. [`send_refresh_keeping_lock`](RefreshCoordinator::send_refresh_keeping_lock): while
@@ -158,6 +158,19 @@ impl RefreshCoordinator {
             *outcome = Some(RefreshOutcome::ReuseAvoided);
             return Ok(current);
         }
+        // And the back-off: the previous holder may have failed and released the lock between
+        // our look at the back-off and taking the lock.
+        if let Some(retry_after) = self
+            .sessions
+            .refresh_backoff(key, self.clock.now_ms())
+            .await?
+        {
+            *outcome = Some(RefreshOutcome::Backoff);
+            return Err(RefreshError::Unavailable {
+                reason: "backing off after a failed refresh".into(),
+                retry_after,
+            });
+        }
         let Some(refresh_token) = current.data.refresh_token.clone() else {
             *outcome = Some(RefreshOutcome::NoRefreshToken);
             self.sessions.delete(key).await?;
@@ -202,6 +215,7 @@ impl RefreshCoordinator {
                     }
                 }
                 tracing::info!(session = key.short(), error = %error, "refresh rejected; ending session");
+                *outcome = Some(RefreshOutcome::Rejected);
                 self.sessions.delete(key).await?;
                 Err(RefreshError::Ended(error))
             }
@@ -215,6 +229,7 @@ impl RefreshCoordinator {
                     .await
                     .unwrap_or(REFRESH_RETRY_AFTER);
                 tracing::warn!(session = key.short(), error = %e, retry_in = ?retry_after, "refresh failed transiently; session kept");
+                *outcome = Some(RefreshOutcome::Transient);
                 Err(RefreshError::Unavailable {
                     reason: e.to_string(),
                     retry_after,
