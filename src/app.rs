@@ -17,13 +17,13 @@ use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     sensitive_headers::SetSensitiveHeadersLayer,
-    trace::TraceLayer,
 };
 
 use crate::{
     auth,
     error::{GatewayError, render_html_errors},
     proxy,
+    telemetry::access_log::{self, AccessLog},
 };
 
 /// How long `/readyz` waits for the store before calling it unreachable.
@@ -32,10 +32,17 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The router with the whole middleware stack. Separate from serving so tests can drive it
 /// with `oneshot` or a real listener.
 pub fn app(state: AppState) -> Router {
-    crate::telemetry::metrics_handle();
+    // Without a metrics listener nothing would ever read the metrics: no recorder, so every
+    // metric call is a no-op.
+    if state.config.server.metrics_listen.is_some() {
+        crate::telemetry::metrics_handle();
+    }
     let pleo_route = format!("{}/{{*path}}", state.config.proxy.pleo_prefix);
     let request_id = HeaderName::from_static("x-request-id");
     let trusted_proxies = Arc::new(state.config.server.trusted_proxies.clone());
+    let access_log = AccessLog {
+        enabled: state.config.server.access_log,
+    };
     let router = Router::new()
         .route("/auth/login", get(auth::begin_login))
         .route("/auth/callback", get(auth::complete_login))
@@ -71,23 +78,20 @@ pub fn app(state: AppState) -> Router {
     };
     router
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(crate::telemetry::track_requests))
+        .layer(middleware::from_fn(access_log::label_route))
         .with_state(state)
-        // Outermost last: request ids exist before tracing starts; secrets are marked sensitive
-        // before anything could log headers; panics become 500s instead of dropped connections.
+        // Outermost last: request ids exist before the request's span starts; secrets are
+        // marked sensitive before anything could log headers; panics become 500s instead of
+        // dropped connections (and are logged and counted like any other answer).
         .layer(middleware::from_fn(render_html_errors))
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        // Spans name the path only: the query of /auth/callback carries the authorisation code
-        // and state, which must not reach a log line even at debug level.
-        .layer(TraceLayer::new_for_http().make_span_with(
-            |request: &axum::http::Request<axum::body::Body>| {
-                tracing::debug_span!(
-                    "request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                )
-            },
+        // The request's span (its id on every log line), metrics and access-log line. Neither
+        // names the path or query: the query of /auth/callback carries the authorisation code
+        // and state, which must not reach a log line.
+        .layer(middleware::from_fn_with_state(
+            access_log,
+            access_log::observe,
         ))
         .layer(SetSensitiveHeadersLayer::new([
             header::COOKIE,

@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub auth_rate_per_client: Option<Rate>,
     /// Rate limit for all clients together on the same endpoints (`None`: off).
     pub auth_rate_global: Option<Rate>,
+    /// One log line per request (default on).
+    pub access_log: bool,
 }
 
 /// Which Pleo deployment to talk to; picks the default `auth_url` and `api_url`.

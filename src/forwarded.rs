@@ -100,7 +100,9 @@ pub fn resolve(
 
 /// Middleware: drops an inbound `X-Request-Id` unless the peer is a trusted proxy and the id is
 /// a plain token (see [`is_plain_request_id`]); otherwise the gateway assigns its own. A
-/// client-chosen id would end up in the app's logs and file names.
+/// client-chosen id would end up in the app's logs and file names. The W3C trace context
+/// (`traceparent`, `tracestate`) is believed on the same terms: from a trusted proxy the
+/// gateway's trace continues it, from anyone else it is dropped and a new trace starts.
 pub async fn accept_request_id(
     axum::extract::State(trusted): axum::extract::State<std::sync::Arc<Vec<IpNet>>>,
     mut request: axum::extract::Request,
@@ -113,7 +115,13 @@ pub async fn accept_request_id(
             let peer = info.0.ip().to_canonical();
             trusted.iter().any(|net| net.contains(&peer))
         });
-    let headers = request.headers_mut();
+    drop_untrusted_ids(request.headers_mut(), peer_trusted);
+    next.run(request).await
+}
+
+/// Removes the request id and trace context a request may not choose (see
+/// [`accept_request_id`]).
+fn drop_untrusted_ids(headers: &mut HeaderMap, peer_trusted: bool) {
     let keep = peer_trusted
         && headers.get_all(X_REQUEST_ID).iter().count() == 1
         && headers
@@ -122,7 +130,10 @@ pub async fn accept_request_id(
     if !keep {
         headers.remove(X_REQUEST_ID);
     }
-    next.run(request).await
+    if !peer_trusted {
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+    }
 }
 
 /// A request id safe to log and pass on: 1–128 bytes of letters, digits, `-`, `_`, `.` and `:`,
@@ -262,6 +273,29 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn only_trusted_proxies_choose_the_request_id_and_trace() {
+        let inbound = || {
+            headers(&[
+                ("x-request-id", "lb-1234"),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("tracestate", "vendor=x"),
+            ])
+        };
+        let mut untrusted = inbound();
+        drop_untrusted_ids(&mut untrusted, false);
+        assert!(untrusted.is_empty(), "{untrusted:?}");
+        let mut trusted = inbound();
+        drop_untrusted_ids(&mut trusted, true);
+        assert_eq!(trusted, inbound());
+        let mut odd = headers(&[("x-request-id", "../etc")]);
+        drop_untrusted_ids(&mut odd, true);
+        assert!(odd.is_empty());
     }
 
     #[test]

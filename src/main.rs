@@ -46,8 +46,14 @@ async fn main() -> ExitCode {
             report(serve_mock(port, config).await)
         }
         None => {
-            telemetry::init_tracing();
-            report(serve(&cli).await)
+            let telemetry = match telemetry::init() {
+                Ok(telemetry) => telemetry,
+                Err(e) => return report(Err(e)),
+            };
+            let result = serve(&cli).await;
+            // The spans of the last requests go out before the process does.
+            telemetry.shutdown().await;
+            report(result)
         }
     }
 }
@@ -95,10 +101,16 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
                 )
             })?;
         tracing::info!(address = %metrics_addr, "metrics listening");
-        let router = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(pleo_gateway::telemetry::render_metrics),
-        );
+        // Histogram samples wait for a scrape; without one they would pile up.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                telemetry::metrics::upkeep();
+            }
+        });
+        let router =
+            axum::Router::new().route("/metrics", axum::routing::get(telemetry::render_metrics));
         tokio::spawn(pleo_gateway::server::serve(
             metrics_listener,
             router,

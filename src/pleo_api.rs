@@ -8,9 +8,14 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde::Deserialize;
+use tracing::Instrument;
 use url::Url;
 
-use crate::{config::PleoConfig, error::GatewayError};
+use crate::{
+    config::PleoConfig,
+    error::GatewayError,
+    telemetry::{Call, CallResult},
+};
 
 /// The pooled client for `pleo.api_url`.
 #[derive(Debug)]
@@ -86,9 +91,7 @@ impl PleoApi {
             .url("/v1/introspect", None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let response = self
-            .request(Method::GET, url, access_token)
-            .timeout(self.timeout)
-            .send()
+            .send("introspect", Method::GET, url, access_token)
             .await?
             .error_for_status()?;
         let envelope: IntrospectEnvelope = response.json().await?;
@@ -109,11 +112,36 @@ impl PleoApi {
         access_token: &str,
     ) -> Result<reqwest::Response, GatewayError> {
         let url = self.url("/v1/installations/me", None)?;
-        self.request(Method::DELETE, url, access_token)
-            .timeout(self.timeout)
-            .send()
+        self.send("installation", Method::DELETE, url, access_token)
             .await
             .map_err(map_error)
+    }
+
+    /// One call of the gateway's own to the API (`endpoint` names it in the metrics), bounded
+    /// by `pleo.request_timeout`, carrying the trace context.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        access_token: &str,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let call = Call::pleo(endpoint, &method);
+        let mut headers = reqwest::header::HeaderMap::new();
+        call.inject(&mut headers);
+        let result = self
+            .request(method, url, access_token)
+            .headers(headers)
+            .timeout(self.timeout)
+            .send()
+            .instrument(call.span())
+            .await;
+        call.finish(match &result {
+            Ok(response) => CallResult::Status(response.status().as_u16()),
+            Err(e) if e.is_timeout() => CallResult::Timeout,
+            Err(_) => CallResult::Error,
+        });
+        result
     }
 }
 

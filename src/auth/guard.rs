@@ -2,6 +2,7 @@
 //! proxies, forward-auth and the `/auth/*` routes run on a request that needs a session.
 
 use axum::http::{HeaderMap, HeaderValue};
+use tracing::Instrument;
 
 use crate::{
     error::GatewayError,
@@ -26,10 +27,21 @@ pub async fn current_session(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Session>, GatewayError> {
-    match session_id(state, headers) {
-        Some(id) => Ok(state.sessions.load_cached(&id).await?),
-        None => Ok(None),
+    let Some(id) = session_id(state, headers) else {
+        return Ok(None);
+    };
+    let session = state
+        .sessions
+        .load_cached(&id)
+        .instrument(tracing::debug_span!("session.load"))
+        .await?;
+    if let Some(session) = &session {
+        crate::telemetry::access_log::note_session(
+            session.key.short(),
+            session.data.subject.as_deref(),
+        );
     }
+    Ok(session)
 }
 
 /// Like [`current_session`], but a missing session is a 401 carrying the login URL.

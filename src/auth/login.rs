@@ -95,6 +95,7 @@ pub async fn begin_login(
     for tag in logins_to_evict(&present) {
         cookies.append(header::SET_COOKIE, state.cookies.clear_login(&tag));
     }
+    crate::telemetry::metrics::login_started();
     cookies.append(
         header::SET_COOKIE,
         state.cookies.set_login(
@@ -138,16 +139,27 @@ pub async fn complete_login(
     headers: HeaderMap,
     QueryParams(query): QueryParams<CallbackQuery>,
 ) -> Result<Response, GatewayError> {
-    check_rate(&state, peer, &headers)?;
+    if let Err(e) = check_rate(&state, peer, &headers) {
+        crate::telemetry::metrics::login_failed(e.code());
+        return Err(e);
+    }
     let Some(login_state) = query.state.clone().filter(|s| !s.is_empty()) else {
+        crate::telemetry::metrics::login_failed("bad_request");
         return Err(GatewayError::BadRequest(
             "the callback has no state parameter; start the login again".into(),
         ));
     };
     let tag = PendingLogins::tag(&login_state);
-    let mut response = finish_login(&state, &headers, &login_state, &tag, query)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let mut response = match finish_login(&state, &headers, &login_state, &tag, query).await {
+        Ok(response) => {
+            crate::telemetry::metrics::login_completed();
+            response
+        }
+        Err(e) => {
+            crate::telemetry::metrics::login_failed(e.code());
+            e.into_response()
+        }
+    };
     // The pending login is spent whatever happened: a state works once.
     response
         .headers_mut()
@@ -260,6 +272,10 @@ async fn finish_login(
         tracing::warn!(error = %e, "could not delete the pre-login session");
     }
     let (id, session) = state.sessions.create(data).await?;
+    crate::telemetry::access_log::note_session(
+        session.key.short(),
+        session.data.subject.as_deref(),
+    );
     tracing::info!(
         session = session.key.short(),
         subject = session.data.subject.as_deref().unwrap_or("unknown"),

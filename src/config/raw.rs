@@ -26,6 +26,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "max_connections",
             "auth_rate_per_client",
             "auth_rate_global",
+            "access_log",
         ],
     ),
     (

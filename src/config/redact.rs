@@ -60,6 +60,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         &rate(server.auth_rate_per_client),
     );
     line(&mut out, "auth_rate_global", &rate(server.auth_rate_global));
+    line(&mut out, "access_log", &server.access_log.to_string());
 
     let pleo = &config.pleo;
     section(&mut out, "pleo");

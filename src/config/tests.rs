@@ -84,6 +84,10 @@ fn minimal_file_gets_every_default() {
         server.auth_rate_global,
         crate::config::Rate::per(200, Duration::from_secs(1))
     );
+    assert!(
+        server.access_log,
+        "one log line per request unless turned off"
+    );
 
     let pleo = &config.pleo;
     assert_eq!(pleo.environment, PleoEnvironment::Staging);
@@ -262,6 +266,20 @@ fn bad_duration_names_the_key() {
     assert_eq!(
         problems[0].to_string(),
         r#"session.idle_timeout: not a duration ("8 hours please"); use e.g. "90s", "8h""#
+    );
+}
+
+#[test]
+fn the_access_log_is_turned_off_by_a_boolean() {
+    let config = load(MINIMAL, &[("PLEO_GATEWAY__SERVER__ACCESS_LOG", "false")]).unwrap();
+    assert!(!config.server.access_log);
+    let problems = problems(load(
+        MINIMAL,
+        &[("PLEO_GATEWAY__SERVER__ACCESS_LOG", "sometimes")],
+    ));
+    assert_eq!(
+        problems[0].to_string(),
+        r#"server.access_log: must be true or false ("sometimes")"#
     );
 }
 

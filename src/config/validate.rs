@@ -162,6 +162,7 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         DEFAULT_AUTH_RATE_GLOBAL,
         crate::config::Rate::parse,
     );
+    let access_log = r.value("server", "access_log", "true", values::boolean);
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
@@ -173,6 +174,7 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         max_connections: max_connections?,
         auth_rate_per_client: auth_rate_per_client?,
         auth_rate_global: auth_rate_global?,
+        access_log: access_log?,
     })
 }
 

@@ -11,6 +11,7 @@ use axum::{
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use secrecy::ExposeSecret;
+use tracing::Instrument;
 use url::Url;
 
 use super::headers;
@@ -23,6 +24,7 @@ use crate::{
     pleo_api,
     session::{Session, SessionKey},
     state::AppState,
+    telemetry::{Call, CallResult},
     token::RefreshError,
 };
 
@@ -35,6 +37,7 @@ pub async fn proxy_to_pleo(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, GatewayError> {
+    crate::telemetry::access_log::note_route("pleo");
     let (parts, body) = request.into_parts();
     if is_unsafe(&parts.method) {
         require_csrf_header(&parts.headers)?;
@@ -139,6 +142,9 @@ async fn send(
     body: impl Into<reqwest::Body>,
     session: &Session,
 ) -> Result<reqwest::Response, GatewayError> {
+    let call = Call::pleo("api", method);
+    let mut headers = headers.clone();
+    call.inject(&mut headers);
     let request = state
         .pleo_api
         .request(
@@ -146,11 +152,20 @@ async fn send(
             url.clone(),
             session.data.access_token.expose_secret(),
         )
-        .headers(headers.clone())
+        .headers(headers)
         .body(body);
     // The whole exchange up to the response head is bounded; the body then streams, bounded by
     // the client's read timeout between chunks.
-    match tokio::time::timeout(state.pleo_api.timeout(), request.send()).await {
+    let sent = tokio::time::timeout(state.pleo_api.timeout(), request.send())
+        .instrument(call.span())
+        .await;
+    call.finish(match &sent {
+        Ok(Ok(response)) => CallResult::Status(response.status().as_u16()),
+        Ok(Err(e)) if e.is_timeout() => CallResult::Timeout,
+        Ok(Err(_)) => CallResult::Error,
+        Err(_) => CallResult::Timeout,
+    });
+    match sent {
         Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => Err(GatewayError::BodyTooLarge),
         Ok(result) => result.map_err(pleo_api::map_error),
         Err(_) => Err(GatewayError::PleoTimeout),

@@ -38,6 +38,7 @@ use axum::{
 };
 use hyper::upgrade::OnUpgrade;
 use tower_http::request_id::RequestId;
+use tracing::Instrument;
 
 use super::{
     path::{PathAccess, path_access},
@@ -53,6 +54,7 @@ use crate::{
     forwarded,
     session::{Session, now_ms},
     state::AppState,
+    telemetry::{self, Call, CallResult},
     upstream::body,
 };
 
@@ -65,6 +67,7 @@ pub async fn proxy_to_upstream(
     let Some(upstream) = state.upstream.clone() else {
         return Err(GatewayError::NotFound);
     };
+    telemetry::access_log::note_route("app");
     let (mut parts, body) = request.into_parts();
     let websocket = websocket::is_websocket_upgrade(&parts.method, &parts.headers);
     // A handshake is a GET without a body (RFC 6455 §4.1). One that declares a body would
@@ -76,8 +79,16 @@ pub async fn proxy_to_upstream(
             "a WebSocket handshake must not carry a body".into(),
         ));
     }
+    if websocket {
+        telemetry::access_log::note_route("app_websocket");
+    }
     let session = match admit(&state, &parts, websocket).await? {
-        Admission::Public => None,
+        Admission::Public => {
+            if !websocket {
+                telemetry::access_log::note_route("app_public");
+            }
+            None
+        }
         Admission::Session(session) => Some(session),
         Admission::LogIn(redirect) => return Ok(redirect),
     };
@@ -152,7 +163,21 @@ pub async fn proxy_to_upstream(
     *outgoing.version_mut() = Version::HTTP_11;
     *outgoing.headers_mut() = headers;
 
-    let response = upstream.send(outgoing, body.sent).await?;
+    let call = Call::app(outgoing.method());
+    call.inject(outgoing.headers_mut());
+    let sent = upstream
+        .send(outgoing, body.sent)
+        .instrument(call.span())
+        .await;
+    match &sent {
+        Ok(response) => call.finish(CallResult::Status(response.status().as_u16())),
+        Err(GatewayError::UpstreamTimeout) => call.finish(CallResult::Timeout),
+        Err(GatewayError::UpstreamUnreachable | GatewayError::UpstreamBusy) => {
+            call.finish(CallResult::Error);
+        }
+        Err(_) => call.abandon(),
+    }
+    let response = sent?;
     let (mut parts, body) = response.into_parts();
     let upgraded = websocket && parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {

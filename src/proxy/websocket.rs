@@ -60,6 +60,7 @@ pub(super) fn splice(
                 return;
             }
         };
+        let _open = crate::telemetry::metrics::OpenWebSocket::opened();
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);

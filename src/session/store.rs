@@ -15,13 +15,18 @@ pub enum Store {
     Memory(MemoryStore),
 }
 
+/// Calls the backend, timing the operation into the store metrics (one place for every
+/// operation of either backend).
 macro_rules! dispatch {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
+    ($self:ident, $operation:literal, $store:ident => $call:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match $self {
             Store::Redis($store) => $call.await,
             Store::Memory($store) => $call.await,
-        }
-    };
+        };
+        crate::telemetry::metrics::store_operation($operation, result.is_ok(), started.elapsed());
+        result
+    }};
 }
 
 impl Store {
@@ -33,12 +38,12 @@ impl Store {
         idle: Duration,
         now_ms: u64,
     ) -> Result<Option<StoredSession>, StoreError> {
-        dispatch!(self, s => s.load_and_touch(key, idle, now_ms))
+        dispatch!(self, "load_and_touch", s => s.load_and_touch(key, idle, now_ms))
     }
 
     /// Reads a session without touching its expiry.
     pub async fn load(&self, key: &str, now_ms: u64) -> Result<Option<StoredSession>, StoreError> {
-        dispatch!(self, s => s.load(key, now_ms))
+        dispatch!(self, "load", s => s.load(key, now_ms))
     }
 
     /// Creates a session at version 1.
@@ -50,7 +55,7 @@ impl Store {
         idle: Duration,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.create(key, blob, absolute_deadline_ms, idle, now_ms))
+        dispatch!(self, "create", s => s.create(key, blob, absolute_deadline_ms, idle, now_ms))
     }
 
     /// Replaces the blob if the stored version still equals `expected_version`.
@@ -62,12 +67,12 @@ impl Store {
         idle: Duration,
         now_ms: u64,
     ) -> Result<CasOutcome, StoreError> {
-        dispatch!(self, s => s.compare_and_set(key, expected_version, blob, idle, now_ms))
+        dispatch!(self, "compare_and_set", s => s.compare_and_set(key, expected_version, blob, idle, now_ms))
     }
 
     /// Deletes a session; deleting a missing one is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.delete(key))
+        dispatch!(self, "delete", s => s.delete(key))
     }
 
     /// Takes the refresh lock of a session if free: `SET NX PX`. `token` identifies the owner.
@@ -77,7 +82,7 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.try_lock(key, token, ttl))
+        dispatch!(self, "try_lock", s => s.try_lock(key, token, ttl))
     }
 
     /// Extends a held lock; false when it is no longer ours (expired and taken).
@@ -87,12 +92,12 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.extend_lock(key, token, ttl))
+        dispatch!(self, "extend_lock", s => s.extend_lock(key, token, ttl))
     }
 
     /// Releases a lock only if `token` still owns it.
     pub async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.unlock(key, token))
+        dispatch!(self, "unlock", s => s.unlock(key, token))
     }
 
     /// Records a transient refresh failure; returns how long every replica now waits before the
@@ -103,7 +108,7 @@ impl Store {
         policy: BackoffPolicy,
         now_ms: u64,
     ) -> Result<Duration, StoreError> {
-        dispatch!(self, s => s.record_refresh_failure(key, policy, now_ms))
+        dispatch!(self, "record_refresh_failure", s => s.record_refresh_failure(key, policy, now_ms))
     }
 
     /// How long until the next refresh attempt is allowed, if a back-off is running.
@@ -112,32 +117,32 @@ impl Store {
         key: &str,
         now_ms: u64,
     ) -> Result<Option<Duration>, StoreError> {
-        dispatch!(self, s => s.refresh_backoff(key, now_ms))
+        dispatch!(self, "refresh_backoff", s => s.refresh_backoff(key, now_ms))
     }
 
     /// Forgets the failures after a successful refresh.
     pub async fn clear_refresh_backoff(&self, key: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.clear_refresh_backoff(key))
+        dispatch!(self, "clear_refresh_backoff", s => s.clear_refresh_backoff(key))
     }
 
     /// Whether the backend answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping())
+        dispatch!(self, "ping", s => s.ping())
     }
 
     /// Keeps the record for `keep` after now and after each later write (background grant).
     pub async fn keep(&self, key: &str, keep: Duration, now_ms: u64) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.keep(key, keep, now_ms))
+        dispatch!(self, "keep", s => s.keep(key, keep, now_ms))
     }
 
     /// Stops keeping the record: it lives as long as its browser session does.
     pub async fn release(&self, key: &str, now_ms: u64) -> Result<(), StoreError> {
-        dispatch!(self, s => s.release(key, now_ms))
+        dispatch!(self, "release", s => s.release(key, now_ms))
     }
 
     /// Logout: ends the browser session; true when the record stays as a background grant.
     pub async fn end_browser_session(&self, key: &str, now_ms: u64) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.end_browser_session(key, now_ms))
+        dispatch!(self, "end_browser_session", s => s.end_browser_session(key, now_ms))
     }
 
     /// Points `subject`'s background slot at `key`; returns the key it pointed at.
@@ -146,12 +151,12 @@ impl Store {
         subject: &str,
         key: &str,
     ) -> Result<Option<String>, StoreError> {
-        dispatch!(self, s => s.set_grant_slot(subject, key))
+        dispatch!(self, "set_grant_slot", s => s.set_grant_slot(subject, key))
     }
 
     /// The key `subject`'s background slot points at.
     pub async fn grant_slot(&self, subject: &str) -> Result<Option<String>, StoreError> {
-        dispatch!(self, s => s.grant_slot(subject))
+        dispatch!(self, "grant_slot", s => s.grant_slot(subject))
     }
 
     /// Empties `subject`'s slot (only if it points at `expected`, when given).
@@ -160,12 +165,12 @@ impl Store {
         subject: &str,
         expected: Option<&str>,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.clear_grant_slot(subject, expected))
+        dispatch!(self, "clear_grant_slot", s => s.clear_grant_slot(subject, expected))
     }
 
     /// Every background slot: subject and key.
     pub async fn grant_slots(&self) -> Result<Vec<(String, String)>, StoreError> {
-        dispatch!(self, s => s.grant_slots())
+        dispatch!(self, "grant_slots", s => s.grant_slots())
     }
 
     /// Human name of the backend, for logs and `/readyz`.

@@ -14,9 +14,13 @@ use oauth2::{
     basic::{BasicClient, BasicErrorResponse},
 };
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Instrument;
 use url::Url;
 
-use crate::config::Config;
+use crate::{
+    config::Config,
+    telemetry::{Call, CallResult},
+};
 
 #[cfg(test)]
 mod tests;
@@ -80,9 +84,17 @@ impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let request = reqwest::Request::try_from(request)
+            let mut request = reqwest::Request::try_from(request)
                 .map_err(|e| TransportError::Network(e.to_string()))?;
-            let response = self.0.execute(request).await.map_err(classify)?;
+            let call = Call::pleo("token", request.method());
+            call.inject(request.headers_mut());
+            let response = self.0.execute(request).instrument(call.span()).await;
+            call.finish(match &response {
+                Ok(response) => CallResult::Status(response.status().as_u16()),
+                Err(e) if e.is_timeout() => CallResult::Timeout,
+                Err(_) => CallResult::Error,
+            });
+            let response = response.map_err(classify)?;
             let status = response.status();
             if status.is_server_error()
                 || status == reqwest::StatusCode::TOO_MANY_REQUESTS

@@ -40,9 +40,13 @@ use std::{
 };
 
 use secrecy::ExposeSecret;
+use tracing::Instrument;
 
 use super::oauth::{PleoOAuth, TokenEndpoint};
-use crate::session::{Clock, Session, SessionKey, Sessions, StoreError};
+use crate::{
+    session::{Clock, Session, SessionKey, Sessions, StoreError},
+    telemetry::{self, RefreshOutcome},
+};
 
 /// How long clients are told to wait after a transient refresh failure.
 const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -136,6 +140,17 @@ impl Flight {
     }
 }
 
+/// The outcome of a refresh whose protocol did not name one: what its result says.
+fn outcome_of(result: &Result<Session, RefreshError>) -> RefreshOutcome {
+    match result {
+        Ok(_) => RefreshOutcome::NotNeeded,
+        Err(RefreshError::Ended(_)) => RefreshOutcome::Rejected,
+        Err(RefreshError::Gone) => RefreshOutcome::Gone,
+        Err(RefreshError::Unavailable { .. }) => RefreshOutcome::Transient,
+        Err(RefreshError::Store(_)) => RefreshOutcome::StoreError,
+    }
+}
+
 /// Whether the token is inside `margin` of expiring, the margin capped at half the token's
 /// lifetime so a short-lived token is not refreshed constantly.
 fn needs_refresh_within(session: &Session, now_ms: u64, margin: Duration) -> bool {
@@ -215,8 +230,11 @@ impl RefreshCoordinator {
         want: Want,
     ) -> Result<Session, RefreshError> {
         let this = Arc::clone(self);
+        // A child of the request's span (its request id on the refresh's log lines, its trace).
+        let span = tracing::info_span!("refresh", session = key.short());
         // Spawned: once started, the refresh completes and is stored even if our caller is gone.
-        let task = tokio::spawn(async move { this.refresh_locked(key, want).await });
+        let task =
+            tokio::spawn(async move { this.refresh_locked(key, want).await }.instrument(span));
         // The caller waits a bounded time; the task itself goes on (dropping its handle does
         // not cancel it), e.g. to store a rotated pair through a Redis outage.
         match tokio::time::timeout(self.lock_wait, task).await {
@@ -257,7 +275,13 @@ impl RefreshCoordinator {
             match lock.failure_since(seen) {
                 Some(failure) => Err(failure),
                 None => {
-                    let result = self.refresh_across_replicas(&key, &want).await;
+                    let started = std::time::Instant::now();
+                    let mut outcome = None;
+                    let result = self
+                        .refresh_across_replicas(&key, &want, &mut outcome)
+                        .await;
+                    let outcome = outcome.unwrap_or_else(|| outcome_of(&result));
+                    telemetry::refresh_finished(outcome, key.short(), started.elapsed());
                     lock.record(&result);
                     result
                 }

@@ -34,7 +34,7 @@ fn hex(bytes: &[u8]) -> String {
 /// (tokens and cookies are base64url), those bytes as hex or in other base64 alphabets, the
 /// text itself hex- or base64-encoded, and its unkeyed SHA-256 (which would let anyone holding
 /// a dump confirm a guessed cookie).
-fn forms(secret: &str) -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn forms(secret: &str) -> Vec<(&'static str, Vec<u8>)> {
     let mut forms = vec![
         ("as is", secret.as_bytes().to_vec()),
         ("hex of the text", hex(secret.as_bytes()).into_bytes()),
@@ -52,7 +52,7 @@ fn forms(secret: &str) -> Vec<(&'static str, Vec<u8>)> {
     forms
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty()
         && haystack
             .windows(needle.len())

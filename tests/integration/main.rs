@@ -17,6 +17,7 @@ mod health;
 mod hostile;
 mod identity;
 mod login;
+mod observability;
 mod proxy;
 mod redis_topologies;
 mod refresh;

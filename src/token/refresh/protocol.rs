@@ -4,10 +4,12 @@
 //!
 //! 1. [`refresh_across_replicas`](RefreshCoordinator::refresh_across_replicas): re-read the
 //!    session; stop if someone already refreshed it, or if a back-off from an earlier transient
-//!    failure is running. Take the store lock; if another replica holds it, poll the session
-//!    (20 ms doubling to [`MAX_POLL`]) until its pair appears, for at most the caller's wait.
-//! 2. [`refresh_holding_lock`](RefreshCoordinator::refresh_holding_lock): re-read once more
-//!    under the lock, spend the refresh token, and act on the answer: a new pair is stored, a
+//!    failure is running. Take the store lock
+//!    ([`take_lock_or_wait`](RefreshCoordinator::take_lock_or_wait)); if another replica holds
+//!    it, poll the session (20 ms doubling to [`MAX_POLL`]) until its pair appears, for at most
+//!    the caller's wait.
+//! 2. [`refresh_holding_lock`](RefreshCoordinator::refresh_holding_lock): re-read the session
+//!    and the back-off once more under the lock, spend the refresh token, and act on the answer: a new pair is stored, a
 //!    rejection ends the session (unless a newer pair is already stored), anything else starts
 //!    or lengthens the back-off every replica honours ([`BACKOFF`]).
 //! 3. [`send_refresh_keeping_lock`](RefreshCoordinator::send_refresh_keeping_lock): while
@@ -19,6 +21,10 @@
 //!
 //! Then the lock is released (by its owner only; otherwise it expires after its TTL).
 //!
+//! Each way out names its [`RefreshOutcome`] (the metrics' and the log line's `outcome`); the
+//! ones not named are read off the result by the caller. The lock wait, the token request and
+//! the store write are spans of their own in traces.
+//!
 //! Time: pauses and deadlines within this process use Tokio's time (`sleep`, `Instant`), and
 //! unix-ms decisions (back-off, token expiry) the coordinator's [`Clock`](crate::session::Clock),
 //! so unit tests drive the whole protocol with paused time (see `super::tests`).
@@ -27,10 +33,12 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{REFRESH_RETRY_AFTER, RefreshCoordinator, RefreshError, Want};
 use crate::{
     session::{BackoffPolicy, CasOutcome, Session, SessionData, SessionKey, id::random_token},
+    telemetry::RefreshOutcome,
     token::oauth::{TokenError, TokenSet},
 };
 
@@ -56,28 +64,61 @@ impl RefreshCoordinator {
         &self,
         key: &SessionKey,
         want: &Want,
+        outcome: &mut Option<RefreshOutcome>,
     ) -> Result<Session, RefreshError> {
         let owner = random_token();
-        let give_up_at = Instant::now() + self.lock_wait;
-        let mut pause = Duration::from_millis(20);
         // Requests that queued behind this replica's refresh find its result in the session
         // cache (written together with the store): no store round trip per waiter.
         if let Some(cached) = self.sessions.cached(key)
             && !self.still_needed(&cached, want)
         {
+            *outcome = Some(RefreshOutcome::NotNeeded);
             return Ok(cached);
         }
+        let done_meanwhile = self
+            .take_lock_or_wait(key, want, &owner, outcome)
+            .instrument(tracing::debug_span!("refresh.lock_wait"))
+            .await?;
+        if let Some(current) = done_meanwhile {
+            return Ok(current);
+        }
+        let result = self.refresh_holding_lock(key, want, &owner, outcome).await;
+        if let Err(e) = self.sessions.unlock_refresh(key, &owner).await {
+            // It expires on its own after lock_ttl.
+            tracing::warn!(session = key.short(), error = %e, "could not release the refresh lock");
+        }
+        result
+    }
+
+    /// Takes the store lock (`None`), or returns the session once the refresh turns out to be
+    /// done meanwhile (`Some`), polling while another replica holds the lock.
+    async fn take_lock_or_wait(
+        &self,
+        key: &SessionKey,
+        want: &Want,
+        owner: &str,
+        outcome: &mut Option<RefreshOutcome>,
+    ) -> Result<Option<Session>, RefreshError> {
+        let give_up_at = Instant::now() + self.lock_wait;
+        let mut pause = Duration::from_millis(20);
+        let mut waited = false;
         loop {
             // Another replica may have finished while we queued or polled.
             let current = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
             if !self.still_needed(&current, want) {
-                return Ok(current);
+                *outcome = Some(if waited {
+                    RefreshOutcome::Waited
+                } else {
+                    RefreshOutcome::NotNeeded
+                });
+                return Ok(Some(current));
             }
             if let Some(retry_after) = self
                 .sessions
                 .refresh_backoff(key, self.clock.now_ms())
                 .await?
             {
+                *outcome = Some(RefreshOutcome::Backoff);
                 return Err(RefreshError::Unavailable {
                     reason: "backing off after a failed refresh".into(),
                     retry_after,
@@ -85,22 +126,19 @@ impl RefreshCoordinator {
             }
             if self
                 .sessions
-                .lock_refresh(key, &owner, self.lock_ttl)
+                .lock_refresh(key, owner, self.lock_ttl)
                 .await?
             {
-                let result = self.refresh_holding_lock(key, want, &owner).await;
-                if let Err(e) = self.sessions.unlock_refresh(key, &owner).await {
-                    // It expires on its own after lock_ttl.
-                    tracing::warn!(session = key.short(), error = %e, "could not release the refresh lock");
-                }
-                return result;
+                return Ok(None);
             }
             if Instant::now() >= give_up_at {
+                *outcome = Some(RefreshOutcome::LockTimeout);
                 return Err(RefreshError::Unavailable {
                     reason: "another replica is still refreshing this session".into(),
                     retry_after: Duration::from_secs(1),
                 });
             }
+            waited = true;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_POLL);
         }
@@ -111,27 +149,50 @@ impl RefreshCoordinator {
         key: &SessionKey,
         want: &Want,
         owner: &str,
+        outcome: &mut Option<RefreshOutcome>,
     ) -> Result<Session, RefreshError> {
         // Re-read under the lock: whoever held it before us may have stored a new pair between
         // our last look and taking the lock.
         let current = self.sessions.reload(key).await?.ok_or(RefreshError::Gone)?;
         if !self.still_needed(&current, want) {
+            *outcome = Some(RefreshOutcome::ReuseAvoided);
             return Ok(current);
         }
+        // And the back-off: the previous holder may have failed and released the lock between
+        // our look at the back-off and taking the lock.
+        if let Some(retry_after) = self
+            .sessions
+            .refresh_backoff(key, self.clock.now_ms())
+            .await?
+        {
+            *outcome = Some(RefreshOutcome::Backoff);
+            return Err(RefreshError::Unavailable {
+                reason: "backing off after a failed refresh".into(),
+                retry_after,
+            });
+        }
         let Some(refresh_token) = current.data.refresh_token.clone() else {
+            *outcome = Some(RefreshOutcome::NoRefreshToken);
             self.sessions.delete(key).await?;
             return Err(RefreshError::Ended("no refresh token".into()));
         };
         tracing::debug!(session = key.short(), "refreshing access token");
         match self
             .send_refresh_keeping_lock(key, &refresh_token, owner)
+            .instrument(tracing::debug_span!("refresh.token_request"))
             .await
         {
             Ok(tokens) => {
                 let data = merged(current.data.clone(), tokens, self.clock.now_ms());
                 let stored = self
                     .store_refreshed(key, current, data, refresh_token.expose_secret(), owner)
+                    .instrument(tracing::debug_span!("refresh.store_write"))
                     .await;
+                *outcome = Some(match &stored {
+                    Ok(_) => RefreshOutcome::Success,
+                    Err(RefreshError::Gone) => RefreshOutcome::Gone,
+                    Err(_) => RefreshOutcome::StoreError,
+                });
                 if stored.is_ok()
                     && let Err(e) = self.sessions.clear_refresh_backoff(key).await
                 {
@@ -149,10 +210,12 @@ impl RefreshCoordinator {
                         .as_ref()
                         .is_some_and(|t| t.expose_secret() != refresh_token.expose_secret());
                     if rotated {
+                        *outcome = Some(RefreshOutcome::ReuseAvoided);
                         return Ok(latest);
                     }
                 }
                 tracing::info!(session = key.short(), error = %error, "refresh rejected; ending session");
+                *outcome = Some(RefreshOutcome::Rejected);
                 self.sessions.delete(key).await?;
                 Err(RefreshError::Ended(error))
             }
@@ -166,6 +229,7 @@ impl RefreshCoordinator {
                     .await
                     .unwrap_or(REFRESH_RETRY_AFTER);
                 tracing::warn!(session = key.short(), error = %e, retry_in = ?retry_after, "refresh failed transiently; session kept");
+                *outcome = Some(RefreshOutcome::Transient);
                 Err(RefreshError::Unavailable {
                     reason: e.to_string(),
                     retry_after,

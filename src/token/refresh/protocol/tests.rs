@@ -8,10 +8,10 @@ use secrecy::SecretString;
 use tokio::time::{Instant, advance};
 
 use super::super::{
-    RefreshError,
-    tests::{CALLER_WAIT, Harness, LIFETIME, owned, pair, tokens},
+    RefreshError, Want,
+    tests::{CALLER_WAIT, Harness, LIFETIME, MARGIN, owned, pair, tokens},
 };
-use crate::{session::SessionData, token::oauth::TokenError};
+use crate::{session::SessionData, telemetry::RefreshOutcome, token::oauth::TokenError};
 
 /// The stored session's data with another pair, as another replica's refresh would write it.
 fn with_pair(data: &SessionData, n: u32) -> SessionData {
@@ -266,4 +266,102 @@ async fn a_store_outage_longer_than_callers_wait_still_keeps_the_pair() {
     );
     assert!(h.other.lock_refresh(&session.key, "x", ttl).await.unwrap());
     assert_eq!(h.endpoint.spent(), ["rt-0"]);
+}
+
+/// Runs the protocol once for a token due within the margin and returns the outcome it named
+/// (what the metrics and the log line say).
+async fn outcome_of(h: &Harness, session: &crate::session::Session) -> Option<RefreshOutcome> {
+    let mut outcome = None;
+    let want = Want::Fresh { margin: MARGIN };
+    let _ = h
+        .refresher
+        .refresh_across_replicas(&session.key, &want, &mut outcome)
+        .await;
+    outcome
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_way_out_of_the_protocol_names_its_outcome() {
+    use RefreshOutcome::*;
+    let h = Harness::new();
+    let session = h.due_session().await;
+    h.endpoint
+        .answer(Err(TokenError::Unavailable("HTTP 503".into())));
+    assert_eq!(outcome_of(&h, &session).await, Some(Transient));
+    assert_eq!(outcome_of(&h, &session).await, Some(Backoff));
+    advance(Duration::from_secs(1)).await;
+    h.endpoint.answer(Ok(pair(1)));
+    assert_eq!(outcome_of(&h, &session).await, Some(Success));
+    assert_eq!(outcome_of(&h, &session).await, Some(NotNeeded));
+
+    // Another replica holds the lock and stores pair 7 meanwhile: waited for.
+    let h = Harness::new();
+    let session = h.due_session().await;
+    assert!(
+        h.other
+            .lock_refresh(&session.key, "r2", Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let (other, key, data) = (h.other.clone(), session.key.clone(), session.data.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let current = other.reload(&key).await.unwrap().unwrap();
+        other
+            .replace(&key, current.version, &with_pair(&data, 7))
+            .await
+            .unwrap();
+    });
+    assert_eq!(outcome_of(&h, &session).await, Some(Waited));
+
+    // ... and one that stores nothing: the wait runs out.
+    let h = Harness::new();
+    let session = h.due_session().await;
+    assert!(
+        h.other
+            .lock_refresh(&session.key, "r2", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(outcome_of(&h, &session).await, Some(LockTimeout));
+
+    // Pleo rejects a refresh token another replica has already rotated: its pair is used.
+    let h = Harness::new();
+    let session = h.due_session().await;
+    let (other, key, data) = (h.other.clone(), session.key.clone(), session.data.clone());
+    h.endpoint.then(async move {
+        let current = other.reload(&key).await.unwrap().unwrap();
+        other
+            .replace(&key, current.version, &with_pair(&data, 7))
+            .await
+            .unwrap();
+        Err(TokenError::Rejected {
+            error: "invalid_grant".into(),
+        })
+    });
+    assert_eq!(outcome_of(&h, &session).await, Some(ReuseAvoided));
+
+    // A session without a refresh token ends.
+    let h = Harness::new();
+    let session = h.due_session().await;
+    let mut data = session.data.clone();
+    data.refresh_token = None;
+    h.other
+        .replace(&session.key, session.version, &data)
+        .await
+        .unwrap();
+    assert_eq!(outcome_of(&h, &session).await, Some(NoRefreshToken));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_refresh_token_is_named_rejected() {
+    let h = Harness::new();
+    let session = h.due_session().await;
+    h.endpoint.answer(Err(TokenError::Rejected {
+        error: "invalid_grant".into(),
+    }));
+    assert_eq!(
+        outcome_of(&h, &session).await,
+        Some(RefreshOutcome::Rejected)
+    );
 }

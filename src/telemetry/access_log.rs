@@ -1,0 +1,252 @@
+//! The request middleware: one span per request (carrying the request id, so every log line the
+//! request causes names it), the request metrics, and one access-log line per request.
+//!
+//! Two layers in `app.rs`: [`observe`] wraps everything (it sees the final status, panics turned
+//! into 500s included), and [`label_route`] sits inside the router where the matched route is
+//! known. Handlers add what only they know — the route of a proxied call ([`note_route`]), the
+//! session and subject ([`note_session`]) — into a task-local record the request owns, so
+//! nothing is allocated or locked to pass it out.
+//!
+//! The access line (target `pleo_gateway::access_log`, level info): `method`, `route`, `status`,
+//! `duration_ms` (to the response head), `request_id`, and when a session was found, `session`
+//! (the 12-character prefix of its keyed hash, as in every other log line) and `subject`. Never a
+//! path, query, header, cookie or token. `server.access_log = false` turns it off.
+
+use std::{
+    cell::{Cell, RefCell},
+    time::Instant,
+};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::Method,
+    middleware::Next,
+    response::Response,
+};
+use tracing::{Instrument, field::Empty};
+
+use super::{metrics, otel};
+use crate::error::{ErrorBody, GatewayError};
+
+/// The access log's settings, given to [`observe`] as its state.
+#[derive(Clone, Copy, Debug)]
+pub struct AccessLog {
+    /// `server.access_log`.
+    pub enabled: bool,
+}
+
+/// Route label of requests no route matched (and of the gateway's own 404 namespaces).
+pub const UNMATCHED: &str = "unmatched";
+
+tokio::task_local! {
+    static FACTS: Facts;
+}
+
+/// What handlers learn about a request that its log line and metrics want.
+#[derive(Debug)]
+struct Facts {
+    route: Cell<&'static str>,
+    session: Cell<Option<[u8; 12]>>,
+    /// Kept only while the access log is on (it costs a copy of the URN).
+    subject: RefCell<Option<String>>,
+    keep_subject: bool,
+}
+
+/// [`Facts`] once the request is answered.
+#[derive(Debug, Default)]
+struct Finished {
+    route: &'static str,
+    session: Option<[u8; 12]>,
+    subject: Option<String>,
+}
+
+impl Finished {
+    fn session(&self) -> Option<&str> {
+        self.session
+            .as_ref()
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+}
+
+/// Middleware (outermost of the request's own layers): span, metrics, access log.
+pub async fn observe(State(log): State<AccessLog>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(request.method());
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        request_id,
+        method,
+        otel.kind = Empty,
+        otel.status_code = Empty,
+    );
+    if otel::enabled() {
+        span.record("otel.kind", "server");
+        otel::continue_trace(&span, request.headers());
+        otel::attribute(&span, "url.path", request.uri().path().to_owned());
+        otel::attribute(&span, "http.request.method", method);
+    }
+    let facts = Facts {
+        route: Cell::new(UNMATCHED),
+        session: Cell::new(None),
+        subject: RefCell::new(None),
+        keep_subject: log.enabled,
+    };
+    let (response, finished) = FACTS
+        .scope(facts, async move {
+            let response = next.run(request).await;
+            let finished = FACTS
+                .try_with(|facts| Finished {
+                    route: facts.route.get(),
+                    session: facts.session.get(),
+                    subject: facts.subject.take(),
+                })
+                .unwrap_or_default();
+            (response, finished)
+        })
+        .instrument(span.clone())
+        .await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    let route = finished.route;
+    metrics::http_request(route, method, status, took);
+    if let Some(error) = response.extensions().get::<ErrorBody>().map(|b| b.error)
+        && (error == GatewayError::CsrfHeaderMissing.code()
+            || error == GatewayError::OriginNotAllowed.code())
+    {
+        metrics::csrf_rejection(route, error);
+    }
+    if otel::enabled() {
+        otel::rename(&span, format!("{method} {route}"));
+        otel::attribute(&span, "http.route", route);
+        otel::attribute(&span, "http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+    }
+    drop(span);
+    if log.enabled {
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok());
+        tracing::info!(
+            target: "pleo_gateway::access_log",
+            method,
+            route,
+            status,
+            duration_ms = took.as_micros() as f64 / 1000.0,
+            request_id,
+            session = finished.session(),
+            subject = finished.subject.as_deref(),
+            "request"
+        );
+    }
+    response
+}
+
+/// Middleware inside the router: labels the request with the route that matched.
+pub async fn label_route(request: Request, next: Next) -> Response {
+    if let Some(matched) = request.extensions().get::<MatchedPath>() {
+        note_route(route_label(matched.as_str()));
+    }
+    next.run(request).await
+}
+
+/// Sets the request's route label (for proxied calls, which only their handler can name).
+pub fn note_route(route: &'static str) {
+    let _ = FACTS.try_with(|facts| facts.route.set(route));
+}
+
+/// Records the session (`session`: the 12-character key prefix) and subject a request acts for.
+pub fn note_session(session: &str, subject: Option<&str>) {
+    let _ = FACTS.try_with(|facts| {
+        facts.session.set(session.as_bytes().try_into().ok());
+        if facts.keep_subject {
+            *facts.subject.borrow_mut() = subject.map(str::to_owned);
+        }
+    });
+}
+
+/// The label of a route the router matched: its template for the gateway's own routes, one
+/// label for the forward-auth variants, [`UNMATCHED`] for the namespaces that only answer 404.
+/// The Pleo proxy and the app label themselves ([`note_route`]): their templates depend on the
+/// configuration.
+fn route_label(matched: &str) -> &'static str {
+    match matched {
+        "/auth/login" => "/auth/login",
+        "/auth/callback" => "/auth/callback",
+        "/auth/session" => "/auth/session",
+        "/auth/logout" => "/auth/logout",
+        "/auth/disconnect" => "/auth/disconnect",
+        "/auth/check" | "/auth/check/" | "/auth/check/{*rest}" => "/auth/check",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        _ => UNMATCHED,
+    }
+}
+
+/// A fixed set: the method is client-chosen, and every distinct label value is a series kept
+/// for ever, so arbitrary methods would grow memory without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_fixed_sets() {
+        assert_eq!(route_label("/auth/check/{*rest}"), "/auth/check");
+        assert_eq!(route_label("/auth/{*rest}"), UNMATCHED);
+        assert_eq!(route_label("/pleo/{*path}"), UNMATCHED);
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PURGE").unwrap()),
+            "other"
+        );
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+    }
+
+    #[tokio::test]
+    async fn handlers_notes_reach_the_request_and_nothing_outside_one() {
+        // Outside a request the notes are dropped, never a panic.
+        note_route("app");
+        note_session("0123456789ab", Some("urn:pleo:company:x"));
+        let facts = Facts {
+            route: Cell::new(UNMATCHED),
+            session: Cell::new(None),
+            subject: RefCell::new(None),
+            keep_subject: true,
+        };
+        let finished = FACTS
+            .scope(facts, async {
+                note_route("app");
+                note_session("0123456789ab", Some("urn:pleo:company:x"));
+                FACTS
+                    .try_with(|f| Finished {
+                        route: f.route.get(),
+                        session: f.session.get(),
+                        subject: f.subject.take(),
+                    })
+                    .unwrap()
+            })
+            .await;
+        assert_eq!(finished.route, "app");
+        assert_eq!(finished.session(), Some("0123456789ab"));
+        assert_eq!(finished.subject.as_deref(), Some("urn:pleo:company:x"));
+    }
+}
