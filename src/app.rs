@@ -24,9 +24,11 @@ use crate::{
     auth,
     error::{GatewayError, render_html_errors},
     proxy,
+    readiness::{Phase, StoreHealth},
 };
 
-/// How long `/readyz` waits for the store before calling it unreachable.
+/// How long `/readyz` waits for the store before calling it unreachable: the store's own
+/// command bound, so a probe's `timeoutSeconds` of 3 always gets an answer.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The router with the whole middleware stack. Separate from serving so tests can drive it
@@ -115,20 +117,38 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready while starting-up is over and no shutdown began; the store's health is reported but,
+/// once it has answered once, does not decide (see `readiness.rs` for why).
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.sessions.store();
-    let ping = tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await;
-    let (status, ready, detail) = match ping {
-        Ok(Ok(())) => (StatusCode::OK, true, "reachable"),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: session store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, false, "unreachable")
-        }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, false, "timeout"),
+    let (phase, store_status) = if state.readiness.phase() == Phase::Draining {
+        // Decided already: answer at once instead of waiting on a store that may be down.
+        (Phase::Draining, "not_checked")
+    } else {
+        let health = match tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await {
+            Ok(Ok(())) => StoreHealth::Reachable,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "readiness: session store check failed");
+                StoreHealth::Unreachable
+            }
+            Err(_) => StoreHealth::Timeout,
+        };
+        (state.readiness.observe(health), health.as_str())
+    };
+    let ready = phase == Phase::Serving;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(serde_json::json!({ "ready": ready, "store": store.kind(), "store_status": detail })),
+        Json(serde_json::json!({
+            "ready": ready,
+            "status": phase.as_str(),
+            "store": store.kind(),
+            "store_status": store_status,
+        })),
     )
 }
 

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Separate listener for `/metrics`; `None` serves it on the main listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// After a shutdown signal, how long `/readyz` fails while everything is still served, so
+    /// load balancers stop sending traffic before the listener closes (default 5 s; 0: none).
+    pub shutdown_delay: Duration,
     /// How long in-flight requests may drain after a shutdown signal (default 30 s).
     pub shutdown_timeout: Duration,
     /// Largest accepted request head in bytes (default 16 KiB, 1 KiB to 1 MiB).

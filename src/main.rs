@@ -7,7 +7,7 @@ use pleo_gateway::{
     app,
     cli::{Cli, Command},
     config::Config,
-    demo,
+    demo, healthcheck,
     mock_pleo::{MockClient, MockPleo, MockPleoConfig},
     shutdown, telemetry,
 };
@@ -18,6 +18,22 @@ async fn main() -> ExitCode {
     telemetry::install_crypto_provider();
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli),
+        Some(Command::Healthcheck {
+            ready,
+            url,
+            timeout,
+        }) => {
+            let probe = healthcheck::Probe {
+                url,
+                ready,
+                timeout,
+            };
+            healthcheck::run(cli.config.as_deref(), probe).await
+        }
+        Some(Command::DemoApp { port }) => {
+            telemetry::init_tracing();
+            report(demo::run_app(port, shutdown::signal()).await)
+        }
         Some(Command::Demo { port }) => {
             telemetry::init_tracing();
             report(demo::run(port, shutdown::signal()).await)
@@ -71,6 +87,9 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let options = pleo_gateway::server::ServeOptions::from_config(&config.server);
     let store = app::open_store(&config).await?;
     let state = app::AppState::new(config, store)?;
+    // Before any listener opens, so a signal is never missed.
+    let shutdown =
+        shutdown::Shutdown::start(state.readiness.clone(), state.config.server.shutdown_delay);
     if let Some(metrics_addr) = state.config.server.metrics_listen {
         let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
             .await
@@ -88,14 +107,14 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
             metrics_listener,
             router,
             pleo_gateway::server::ServeOptions::default(),
-            shutdown::signal(),
+            shutdown.closing(),
         ));
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (server.listen): {e}"))?;
     tracing::info!(address = %listener.local_addr()?, "pleo-gateway listening");
-    pleo_gateway::server::serve(listener, app::app(state), options, shutdown::signal()).await?;
+    pleo_gateway::server::serve(listener, app::app(state), options, shutdown.closing()).await?;
     tracing::info!("pleo-gateway stopped");
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::{
     config::{Config, SessionStoreKind},
     pleo_api::PleoApi,
     rate_limit::LoginRateLimiter,
+    readiness::Readiness,
     session::{
         SessionHasher, SessionKey, Sessions, Store,
         cookie::CookieSettings,
@@ -45,6 +46,8 @@ pub struct AppState {
     pub upstream: Option<Arc<UpstreamClient>>,
     /// Open WebSocket connections to the app per session, so logging out closes them.
     pub websockets: WebSocketRegistry,
+    /// What `/readyz` answers; the shutdown sequence turns it to draining.
+    pub readiness: Readiness,
 }
 
 impl AppState {
@@ -119,6 +122,7 @@ impl AppState {
             pleo_api,
             upstream,
             websockets: WebSocketRegistry::new(),
+            readiness: Readiness::new(),
         })
     }
 

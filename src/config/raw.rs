@@ -20,6 +20,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "public_url",
             "trusted_proxies",
             "metrics_listen",
+            "shutdown_delay",
             "shutdown_timeout",
             "max_header_bytes",
             "max_connections",

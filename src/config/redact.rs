@@ -33,6 +33,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         .map(|addr| addr.to_string())
         .unwrap_or_default();
     line(&mut out, "metrics_listen", &string(&metrics));
+    line(&mut out, "shutdown_delay", &duration(server.shutdown_delay));
     line(
         &mut out,
         "shutdown_timeout",
