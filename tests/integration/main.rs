@@ -14,6 +14,7 @@ mod failures;
 mod forward_auth;
 mod health;
 mod hostile;
+mod lifecycle;
 mod login;
 mod proxy;
 mod redis_topologies;
