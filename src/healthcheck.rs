@@ -33,7 +33,11 @@ pub async fn run(config: Option<&Path>, probe: Probe) -> ExitCode {
         None => match Config::load(config) {
             Ok(config) => local_url(config.server.listen, probe.ready),
             Err(e) => {
-                eprintln!("healthcheck: the configuration does not load, so nothing serves: {e}");
+                eprintln!(
+                    "healthcheck: the configuration does not load, so nothing serves: {e}\n\
+                     (a gateway started with --config FILE: set PLEO_GATEWAY_CONFIG=FILE \
+                     instead, so the health check reads the same file, or pass --url)"
+                );
                 return ExitCode::FAILURE;
             }
         },
