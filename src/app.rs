@@ -1,7 +1,7 @@
 //! The composition root: the router with its middleware stack, and `run`. The state it is built
 //! from is [`crate::state::AppState`]; handlers take it from the router, never from here.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 pub use crate::state::{AppState, open_store};
 
@@ -24,12 +24,8 @@ use crate::{
     auth,
     error::{GatewayError, render_html_errors},
     proxy,
-    readiness::{Phase, StoreHealth},
+    readiness::Phase,
 };
-
-/// How long `/readyz` waits for the store before calling it unreachable: the store's own
-/// command bound, so a probe's `timeoutSeconds` of 3 always gets an answer.
-const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The router with the whole middleware stack. Separate from serving so tests can drive it
 /// with `oneshot` or a real listener.
@@ -125,15 +121,8 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         // Decided already: answer at once instead of waiting on a store that may be down.
         (Phase::Draining, "not_checked")
     } else {
-        let health = match tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await {
-            Ok(Ok(())) => StoreHealth::Reachable,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "readiness: session store check failed");
-                StoreHealth::Unreachable
-            }
-            Err(_) => StoreHealth::Timeout,
-        };
-        (state.readiness.observe(health), health.as_str())
+        let (phase, health) = state.readiness.check(store.ping()).await;
+        (phase, health.as_str())
     };
     let ready = phase == Phase::Serving;
     let status = if ready {

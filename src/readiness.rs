@@ -17,10 +17,19 @@
 //! error page instead of the gateway's, and endpoints coming back only a probe period after
 //! Redis does. The store's health is in the `/readyz` body and in the logs (one line per change).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU8, Ordering},
+use std::{
+    fmt::Display,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
 };
+
+/// How long one store check may take: the store's own command bound, so a probe's
+/// `timeoutSeconds` of 3 always gets an answer.
+pub const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the process is in its life, as far as readiness goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +108,45 @@ impl Readiness {
         self.phase.store(2, Ordering::Release);
     }
 
+    /// Awaits one store check (`ping`: the session store's), within [`STORE_CHECK_TIMEOUT`],
+    /// and takes in the answer. The store is passed as its ping so this module stays below the
+    /// storage layer.
+    pub async fn check<E: Display>(
+        &self,
+        ping: impl Future<Output = Result<(), E>>,
+    ) -> (Phase, StoreHealth) {
+        let health = match tokio::time::timeout(STORE_CHECK_TIMEOUT, ping).await {
+            Ok(Ok(())) => StoreHealth::Reachable,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "readiness: session store check failed");
+                StoreHealth::Unreachable
+            }
+            Err(_) => StoreHealth::Timeout,
+        };
+        (self.observe(health), health)
+    }
+
+    /// Ends start-up as soon as the store answers, whether or not anything probes `/readyz`
+    /// meanwhile: asks it now, then with growing pauses (up to 5 s) until it answers or a
+    /// shutdown begins. Needs a Tokio runtime.
+    pub fn spawn_start_up_check<F, E>(&self, ping: impl Fn() -> F + Send + 'static)
+    where
+        F: Future<Output = Result<(), E>> + Send,
+        E: Display,
+    {
+        let readiness = self.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(250);
+            while readiness.phase() == Phase::Starting {
+                if readiness.check(ping()).await.1 == StoreHealth::Reachable {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
     /// Takes in a store check and returns the phase after it: the first reachable answer ends
     /// start-up. A change of store health is logged once, not on every probe.
     pub fn observe(&self, health: StoreHealth) -> Phase {
@@ -150,6 +198,26 @@ mod tests {
         assert_eq!(readiness.phase(), Phase::Draining);
         // The store answering never undoes draining.
         assert_eq!(readiness.observe(StoreHealth::Reachable), Phase::Draining);
+    }
+
+    /// Start-up ends when the store first answers, without any `/readyz` probe.
+    #[tokio::test(start_paused = true)]
+    async fn the_start_up_check_retries_until_the_store_answers() {
+        let readiness = Readiness::new();
+        let calls = Arc::new(AtomicU8::new(0));
+        readiness.spawn_start_up_check({
+            let calls = Arc::clone(&calls);
+            move || {
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                async move { if call < 2 { Err("refused") } else { Ok(()) } }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(readiness.phase(), Phase::Starting);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(readiness.phase(), Phase::Serving);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "no checks after start-up");
     }
 
     #[test]

@@ -110,6 +110,14 @@ impl AppState {
             )?)),
             None => None,
         };
+        let readiness = Readiness::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let store = sessions.store().clone();
+            readiness.spawn_start_up_check(move || {
+                let store = store.clone();
+                async move { store.ping().await }
+            });
+        }
         Ok(Self {
             config: Arc::new(config),
             sessions,
@@ -122,7 +130,7 @@ impl AppState {
             pleo_api,
             upstream,
             websockets: WebSocketRegistry::new(),
-            readiness: Readiness::new(),
+            readiness,
         })
     }
 
