@@ -265,3 +265,73 @@ fn secrets_mounted_0400_without_fs_group_stop_start_up_naming_the_file() {
     assert!(logs.contains(&file), "names {file}: {logs}");
     assert!(logs.contains("ermission denied"), "{logs}");
 }
+
+/// The README's minimal production configuration — environment variables and secret files,
+/// no configuration file — is all the image needs: `check-config` in the image accepts it.
+/// (An image with a baked-in file refused it: both `redis_url` and `redis_url_file`.)
+#[test]
+fn the_image_starts_from_the_readme_environment_alone() {
+    let Some(podman) = Podman::detect("the_image_starts_from_the_readme_environment_alone") else {
+        return;
+    };
+    let readme = std::fs::read_to_string(crate::manifest::repo().join("README.md")).unwrap();
+    let recipe = readme
+        .split_once("Minimal production configuration, as environment variables:")
+        .and_then(|(_, rest)| rest.split_once("```sh\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("the README's minimal production configuration");
+    let env: Vec<(String, String)> = recipe
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| {
+            let value = value.replace("<client id>", "3fa85f64-5717-4562-b3fc-2c963f66afa6");
+            (key.to_owned(), value)
+        })
+        .collect();
+    assert!(env.len() >= 5, "{recipe}");
+    let secrets = tempfile::tempdir().unwrap();
+    let mut mount = None;
+    for (key, path) in env.iter().filter(|(key, _)| key.ends_with("_FILE")) {
+        let path = std::path::Path::new(path);
+        let dir = path.parent().unwrap().to_string_lossy().into_owned();
+        assert!(
+            mount.as_ref().is_none_or(|m| *m == dir),
+            "one secrets directory"
+        );
+        mount = Some(dir);
+        let value = match key.as_str() {
+            k if k.contains("ENCRYPTION_KEYS") => random_b64(32),
+            k if k.contains("REDIS_URL") => "rediss://:p@redis.example.internal:6380".into(),
+            _ => random_b64(24),
+        };
+        let file = secrets.path().join(path.file_name().unwrap());
+        std::fs::write(&file, value).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .unwrap();
+    }
+    std::fs::set_permissions(
+        secrets.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let image = image(&podman);
+    let mut args: Vec<String> = ["run", "--rm", "--read-only", "--network", "none"]
+        .map(str::to_owned)
+        .to_vec();
+    args.push(format!(
+        "--volume={}:{}:ro",
+        secrets.path().display(),
+        mount.expect("secret files in the recipe")
+    ));
+    for (key, value) in &env {
+        args.push(format!("--env={key}={value}"));
+    }
+    args.push(image.tag.clone());
+    args.push("check-config".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = podman.output(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("configuration is valid"), "{stderr}");
+}
