@@ -1,7 +1,7 @@
 //! The composition root: the router with its middleware stack, and `run`. The state it is built
 //! from is [`crate::state::AppState`]; handlers take it from the router, never from here.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 pub use crate::state::{AppState, open_store};
 
@@ -23,11 +23,9 @@ use crate::{
     auth,
     error::{GatewayError, render_html_errors},
     proxy,
+    readiness::Phase,
     telemetry::access_log::{self, AccessLog},
 };
-
-/// How long `/readyz` waits for the store before calling it unreachable.
-const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The router with the whole middleware stack. Separate from serving so tests can drive it
 /// with `oneshot` or a real listener.
@@ -121,20 +119,31 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready while starting-up is over and no shutdown began; the store's health is reported but,
+/// once it has answered once, does not decide (see `readiness.rs` for why).
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.sessions.store();
-    let ping = tokio::time::timeout(READINESS_TIMEOUT, store.ping()).await;
-    let (status, ready, detail) = match ping {
-        Ok(Ok(())) => (StatusCode::OK, true, "reachable"),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: session store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, false, "unreachable")
-        }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, false, "timeout"),
+    let (phase, store_status) = if state.readiness.phase() == Phase::Draining {
+        // Decided already: answer at once instead of waiting on a store that may be down.
+        (Phase::Draining, "not_checked")
+    } else {
+        let (phase, health) = state.readiness.check(store.ping()).await;
+        (phase, health.as_str())
+    };
+    let ready = phase == Phase::Serving;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(serde_json::json!({ "ready": ready, "store": store.kind(), "store_status": detail })),
+        Json(serde_json::json!({
+            "ready": ready,
+            "status": phase.as_str(),
+            "store": store.kind(),
+            "store_status": store_status,
+        })),
     )
 }
 

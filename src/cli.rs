@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `check-config`, `grants`, `demo`, `mock-pleo`.
+//! The command line: `serve` (default), `check-config`, `grants`, `healthcheck`, `demo`,
+//! `demo-app`, `mock-pleo`.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -27,10 +28,31 @@ pub enum Command {
         #[command(subcommand)]
         action: GrantsAction,
     },
+    /// Ask the gateway on this host whether it is healthy: GET /healthz on the configured
+    /// server.listen port over loopback; exit 0 on 200, 1 otherwise. For container health
+    /// checks (the image has no shell or curl).
+    Healthcheck {
+        /// Ask /readyz instead: ready for traffic, not only alive.
+        #[arg(long)]
+        ready: bool,
+        /// Probe this URL instead of the configured listener (e.g. the mock Pleo or demo app).
+        #[arg(long, conflicts_with = "ready")]
+        url: Option<url::Url>,
+        /// Give up after this long, e.g. "2s".
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Run the gateway with an in-memory store, an embedded mock Pleo and a demo page.
     Demo {
         /// Port of the gateway on 127.0.0.1.
         #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Run the demo's internal app on its own (for the compose stack): a public page at `/`
+    /// and `/app`, which shows the identity headers the gateway in front of it sent.
+    DemoApp {
+        /// Port on 127.0.0.1.
+        #[arg(long, default_value_t = 3000)]
         port: u16,
     },
     /// Run the mock Pleo (authorisation server + API) on its own.

@@ -71,6 +71,9 @@ pub struct ServerConfig {
     /// Listener for the app's server side (the Pleo proxy behind an assertion or a service
     /// token); `None` (the default): not served.
     pub internal_listen: Option<SocketAddr>,
+    /// After a shutdown signal, how long `/readyz` fails while everything is still served, so
+    /// load balancers stop sending traffic before the listener closes (default 5 s; 0: none).
+    pub shutdown_delay: Duration,
     /// How long in-flight requests may drain after a shutdown signal (default 30 s).
     pub shutdown_timeout: Duration,
     /// Largest accepted request head in bytes (default 16 KiB, 1 KiB to 1 MiB).

@@ -101,6 +101,18 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs only the demo's internal app on `127.0.0.1:port` until `shutdown` resolves: the stand-in
+/// for an internal app in the compose stack, behind a gateway of its own.
+pub async fn run_app(
+    port: u16,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("demo app listening on http://{}", listener.local_addr()?);
+    app::run(listener, demo_app(), shutdown).await?;
+    Ok(())
+}
+
 /// The demo's internal app: a public landing page at `/`, and `/app`, which only logged-in users
 /// reach (the gateway guarantees it) and which shows the identity headers it was given.
 fn demo_app() -> Router {

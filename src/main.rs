@@ -7,7 +7,7 @@ use pleo_gateway::{
     app,
     cli::{Cli, Command, GrantsAction},
     config::Config,
-    demo,
+    demo, healthcheck,
     mock_pleo::{MockClient, MockPleo, MockPleoConfig},
     shutdown, telemetry,
 };
@@ -19,6 +19,22 @@ async fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli),
         Some(Command::Grants { action }) => report(grants(cli.config.as_deref(), action).await),
+        Some(Command::Healthcheck {
+            ready,
+            url,
+            timeout,
+        }) => {
+            let probe = healthcheck::Probe {
+                url,
+                ready,
+                timeout,
+            };
+            healthcheck::run(cli.config.as_deref(), probe).await
+        }
+        Some(Command::DemoApp { port }) => {
+            telemetry::init_tracing();
+            report(demo::run_app(port, shutdown::signal()).await)
+        }
         Some(Command::Demo { port }) => {
             telemetry::init_tracing();
             report(demo::run(port, shutdown::signal()).await)
@@ -92,6 +108,9 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let options = pleo_gateway::server::ServeOptions::from_config(&config.server);
     let store = app::open_store(&config).await?;
     let state = app::AppState::new(config, store)?;
+    // Before any listener opens, so a signal is never missed.
+    let shutdown =
+        shutdown::Shutdown::start(state.readiness.clone(), state.config.server.shutdown_delay);
     if let Some(metrics_addr) = state.config.server.metrics_listen {
         let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
             .await
@@ -115,7 +134,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
             metrics_listener,
             router,
             pleo_gateway::server::ServeOptions::default(),
-            shutdown::signal(),
+            shutdown.closing(),
         ));
     }
     if let Some(internal_addr) = state.config.server.internal_listen {
@@ -138,7 +157,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (server.listen): {e}"))?;
     tracing::info!(address = %listener.local_addr()?, "pleo-gateway listening");
-    pleo_gateway::server::serve(listener, app::app(state), options, shutdown::signal()).await?;
+    pleo_gateway::server::serve(listener, app::app(state), options, shutdown.closing()).await?;
     tracing::info!("pleo-gateway stopped");
     Ok(())
 }

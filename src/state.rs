@@ -9,6 +9,7 @@ use crate::{
     identity::Identity,
     pleo_api::PleoApi,
     rate_limit::LoginRateLimiter,
+    readiness::Readiness,
     session::{
         SessionHasher, SessionKey, Sessions, Store,
         cookie::CookieSettings,
@@ -48,6 +49,8 @@ pub struct AppState {
     pub websockets: WebSocketRegistry,
     /// Signs the `X-Pleo-Identity` assertions and checks the ones handed back.
     pub identity: Arc<Identity>,
+    /// What `/readyz` answers; the shutdown sequence turns it to draining.
+    pub readiness: Readiness,
 }
 
 impl AppState {
@@ -111,6 +114,14 @@ impl AppState {
             )?)),
             None => None,
         };
+        let readiness = Readiness::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let store = sessions.store().clone();
+            readiness.spawn_start_up_check(move || {
+                let store = store.clone();
+                async move { store.ping().await }
+            });
+        }
         Ok(Self {
             config: Arc::new(config),
             sessions,
@@ -124,6 +135,7 @@ impl AppState {
             upstream,
             websockets: WebSocketRegistry::new(),
             identity,
+            readiness,
         })
     }
 

@@ -11,6 +11,12 @@ pub(super) const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
 /// Default `server.metrics_listen`: loopback, so `/metrics` is never public by accident; a
 /// scraper outside the pod needs it set to a reachable address on purpose.
 pub(super) const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9100";
+/// Default `server.shutdown_delay`: a few probe periods of the shipped readiness probe (5 s)
+/// and about what load balancers and kube-proxy take to drop an endpoint.
+pub(super) const DEFAULT_SHUTDOWN_DELAY: &str = "5s";
+/// Longest `server.shutdown_delay`: beyond it the gateway would sit out most of a typical
+/// grace period doing nothing.
+pub(super) const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
 /// Default `server.shutdown_timeout`.
 pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 /// Default `server.max_header_bytes`.

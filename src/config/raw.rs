@@ -21,6 +21,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "trusted_proxies",
             "metrics_listen",
             "internal_listen",
+            "shutdown_delay",
             "shutdown_timeout",
             "max_header_bytes",
             "max_connections",

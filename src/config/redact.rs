@@ -37,6 +37,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         .internal_listen
         .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
     line(&mut out, "internal_listen", &string(&internal));
+    line(&mut out, "shutdown_delay", &duration(server.shutdown_delay));
     line(
         &mut out,
         "shutdown_timeout",

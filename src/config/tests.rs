@@ -73,6 +73,7 @@ fn minimal_file_gets_every_default() {
         server.metrics_listen,
         Some("127.0.0.1:9100".parse().expect("addr"))
     );
+    assert_eq!(server.shutdown_delay, Duration::from_secs(5));
     assert_eq!(server.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(server.max_header_bytes, 16 * 1024);
     assert_eq!(server.max_connections, 1024);

@@ -129,6 +129,12 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
             values::socket_addr(text).map(Some)
         }
     });
+    let shutdown_delay = r.value(
+        "server",
+        "shutdown_delay",
+        DEFAULT_SHUTDOWN_DELAY,
+        values::shutdown_delay,
+    );
     let shutdown_timeout = r.duration("server", "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT);
     let max_header_bytes = r.value(
         "server",
@@ -169,6 +175,7 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         trusted_proxies: trusted_proxies?,
         metrics_listen: metrics_listen?,
         internal_listen: internal_listen?,
+        shutdown_delay: shutdown_delay?,
         shutdown_timeout: shutdown_timeout?,
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,

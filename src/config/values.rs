@@ -25,6 +25,19 @@ pub(super) fn duration(text: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// `server.shutdown_delay`: a duration that may be zero (no delay: local development, or a
+/// platform that removes endpoints before signalling), at most five minutes.
+pub(super) fn shutdown_delay(text: &str) -> Result<Duration, String> {
+    let parsed = humantime::parse_duration(text.trim())
+        .map_err(|_| format!("not a duration ({text:?}); use e.g. \"5s\", or \"0s\" for none"))?;
+    if parsed > super::defaults::MAX_SHUTDOWN_DELAY {
+        return Err(format!(
+            "{text:?} is longer than the allowed 5m; the grace period must cover it and shutdown_timeout"
+        ));
+    }
+    Ok(parsed)
+}
+
 /// A duration in the largest unit that divides it exactly (`"30d"`, `"8h"`, `"90s"`), so
 /// that what is printed reads like what was configured and parses back to the same value.
 pub(super) fn format_duration(value: Duration) -> String {
@@ -270,6 +283,16 @@ mod tests {
         assert_eq!(duration("1h 30m"), Ok(Duration::from_secs(5_400)));
         assert!(duration("30").is_err());
         assert!(duration("0s").is_err());
+    }
+
+    #[test]
+    fn a_shutdown_delay_may_be_zero_but_not_longer_than_five_minutes() {
+        assert_eq!(shutdown_delay("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(shutdown_delay("0s"), Ok(Duration::ZERO));
+        assert_eq!(shutdown_delay("5m"), Ok(Duration::from_secs(300)));
+        let too_long = shutdown_delay("6m").unwrap_err();
+        assert!(too_long.contains("5m"), "{too_long}");
+        assert!(shutdown_delay("5").is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod forward_auth;
 mod health;
 mod hostile;
 mod identity;
+mod lifecycle;
 mod login;
 mod observability;
 mod proxy;
