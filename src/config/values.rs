@@ -68,6 +68,15 @@ pub(super) fn byte_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// `true` or `false` (any case).
+pub(super) fn boolean(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("must be true or false ({text:?})")),
+    }
+}
+
 /// A whole number greater than zero (a count of connections, say).
 pub(super) fn positive_count(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
