@@ -305,6 +305,23 @@ pub fn caused_by<T: std::error::Error + 'static>(
     false
 }
 
+/// An error and its causes, joined by `: `, for logs (a reqwest error's own text stops at
+/// "error sending request"; the reason, such as an untrusted certificate, is in its causes).
+/// A cause whose text its parent already ends with is not repeated.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// True when the request is a top-level browser navigation, which should see HTML rather than
 /// JSON. `Sec-Fetch-Mode`/`Sec-Fetch-Dest` decide when present (all current browsers send them);
 /// older clients are judged by whether `Accept` prefers `text/html`.

@@ -26,5 +26,6 @@ pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+pub mod tls;
 pub mod token;
 pub mod upstream;

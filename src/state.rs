@@ -104,6 +104,7 @@ impl AppState {
                 url,
                 config.proxy.upstream_timeout,
                 config.proxy.upstream_max_connections,
+                config.proxy.ca_file.as_ref(),
             )?)),
             None => None,
         };

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 /// The certificates of one `ca_file`, and where they came from.
@@ -20,20 +21,30 @@ pub struct CaBundle {
 }
 
 impl CaBundle {
-    /// Parses the PEM `text` of `path`: every `CERTIFICATE` block; at least one is required.
-    /// Other blocks (a key someone appended by mistake) are skipped, never echoed.
+    /// Parses the PEM `text` of `path`: every `CERTIFICATE` block, each of which must be
+    /// usable as a trust anchor; at least one is required. Other blocks (a key someone
+    /// appended by mistake) are skipped, never echoed.
     pub(super) fn from_pem(path: &str, text: &str) -> Result<Self, String> {
         let mut certificates = Vec::new();
+        // Parsed as the TLS stack will, so a broken certificate is found by `check-config`
+        // rather than on the first connection.
+        let mut anchors = RootCertStore::empty();
         for (index, item) in CertificateDer::pem_slice_iter(text.as_bytes()).enumerate() {
-            match item {
-                Ok(certificate) => certificates.push(certificate),
-                Err(err) => {
-                    return Err(format!(
-                        "{path:?}: PEM certificate {} cannot be read ({err})",
+            let certificate = item
+                .map_err(|err| err.to_string())
+                .and_then(|certificate| {
+                    anchors
+                        .add(certificate.clone())
+                        .map(|()| certificate)
+                        .map_err(|err| err.to_string())
+                })
+                .map_err(|err| {
+                    format!(
+                        "{path:?}: certificate {} cannot be used as a CA ({err})",
                         index + 1
-                    ));
-                }
-            }
+                    )
+                })?;
+            certificates.push(certificate);
         }
         if certificates.is_empty() {
             return Err(format!(
@@ -51,30 +62,28 @@ impl CaBundle {
 mod tests {
     use super::*;
 
-    /// PEM framing around base64 bytes: only the framing is checked here (the TLS stack checks the
-    /// certificate itself when it is used, see `crate::tls`).
-    const PEM: &str = "-----BEGIN CERTIFICATE-----
-MIIBejCCASCgAwIBAgIUSJQvSbVLJXZg5dTO2K6dzhR1Z5swCgYIKoZIzj0EAwIw
-EjEQMA4GA1UEAwwHdGVzdC1jYTAeFw0yNDAxMDEwMDAwMDBaFw0zNDAxMDEwMDAw
-MDBaMBIxEDAOBgNVBAMMB3Rlc3QtY2EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
-AAQ0oP4d6Fq3t+e9mVxSxQbS2l6z8Hh1gGqN4B2f7t2R4xvZ5z3lJ3T4r1xq6k1Y
-o8y3L4k9v5G7a2pV2rQ0mK1Bo1MwUTAdBgNVHQ4EFgQU8f0zB1n8aY5l4n5hZ0bV
-0j8cE+QwHwYDVR0jBBgwFoAU8f0zB1n8aY5l4n5hZ0bV0j8cE+QwDwYDVR0TAQH/
-BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA0Zq8rY3x0bq7yK7o4m2WcW5rX1eP
------END CERTIFICATE-----
-";
-
     #[test]
     fn certificates_are_read_in_order() {
-        let bundle = CaBundle::from_pem("/ca.pem", &format!("junk\n{PEM}\n{PEM}")).unwrap();
+        let (a, b) = (
+            crate::test_support::private_ca().ca_pem,
+            crate::test_support::private_ca().ca_pem,
+        );
+        let bundle = CaBundle::from_pem("/ca.pem", &format!("junk\n{a}\n{b}")).unwrap();
         assert_eq!(bundle.certificates.len(), 2);
         assert_eq!(bundle.path, PathBuf::from("/ca.pem"));
     }
 
     #[test]
-    fn a_file_without_certificates_is_refused() {
+    fn a_file_without_usable_certificates_is_refused() {
         let message = CaBundle::from_pem("/ca.pem", "not a certificate\n").unwrap_err();
         assert!(message.contains("holds no PEM certificate"), "{message}");
         assert!(message.contains("/ca.pem"), "{message}");
+        let garbage =
+            "-----BEGIN CERTIFICATE-----\nMIIBejCCASCgAwIBAgIUSJQv\n-----END CERTIFICATE-----\n";
+        let message = CaBundle::from_pem("/ca.pem", garbage).unwrap_err();
+        assert!(
+            message.contains("certificate 1 cannot be used as a CA"),
+            "{message}"
+        );
     }
 }

@@ -10,9 +10,6 @@ const EXAMPLE_KEY: &str = "RVhBTVBMRS1LRVktUkVQTEFDRS1NRS0zMi1CWVRFUyE=";
 /// The development key of `config/dev.toml`.
 const DEV_KEY: &str = "REVWLU9OTFktS0VZLU5FVkVSLVVTRS1JTi1QUk9EISE=";
 
-const PEM: &str =
-    "-----BEGIN CERTIFICATE-----\nMIIBejCCASCgAwIBAgIUSJQvSbVL\n-----END CERTIFICATE-----\n";
-
 #[test]
 fn published_keys_are_refused_against_a_real_pleo() {
     for key in [EXAMPLE_KEY, DEV_KEY] {
@@ -125,7 +122,11 @@ fn empty_files_are_refused() {
 
 #[test]
 fn ca_files_are_read_and_checked() {
-    let bundle = toml_file(&format!("{PEM}{PEM}"));
+    let pem = crate::test_support::private_ca().ca_pem;
+    let bundle = toml_file(&format!(
+        "{pem}{}",
+        crate::test_support::private_ca().ca_pem
+    ));
     let config = load(
         MINIMAL,
         &[
