@@ -17,6 +17,7 @@ pub mod error;
 pub mod forwarded;
 pub mod mock_pleo;
 pub mod pleo_api;
+pub mod pleo_budget;
 pub mod proxy;
 pub mod rate_limit;
 pub mod server;

@@ -6,6 +6,7 @@
 //! [`pending_login`] with the same [`Sealer`].
 
 pub mod backend;
+pub mod budget;
 pub mod cache;
 mod clock;
 pub mod cookie;

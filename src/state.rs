@@ -7,6 +7,7 @@ use crate::{
     backoff::KeyedBackoff,
     config::{Config, SessionStoreKind},
     pleo_api::PleoApi,
+    pleo_budget::PleoBudget,
     rate_limit::LoginRateLimiter,
     session::{
         SessionHasher, SessionKey, Sessions, Store,
@@ -41,6 +42,8 @@ pub struct AppState {
     pub cookies: Arc<CookieSettings>,
     /// The Pleo API client, built once.
     pub pleo_api: Arc<PleoApi>,
+    /// The budget of proxied calls to Pleo, shared by every replica through the store.
+    pub pleo_budget: Arc<PleoBudget>,
     /// Pooled client for the internal app, built once; `None` without `proxy.upstream`.
     pub upstream: Option<Arc<UpstreamClient>>,
     /// Open WebSocket connections to the app per session, so logging out closes them.
@@ -59,6 +62,7 @@ impl AppState {
         };
         let cipher =
             Sealer::new(&keys).ok_or_else(|| anyhow::anyhow!("no session encryption key"))?;
+        let pleo_budget = Arc::new(PleoBudget::new(&config.pleo, store.clone()));
         let sessions = Sessions::new(
             store,
             cipher,
@@ -118,6 +122,7 @@ impl AppState {
             refresher,
             cookies,
             pleo_api,
+            pleo_budget,
             upstream,
             websockets: WebSocketRegistry::new(),
         })

@@ -16,6 +16,7 @@ mod health;
 mod hostile;
 mod login;
 mod proxy;
+mod rate_budget;
 mod redis_topologies;
 mod refresh;
 mod replicas;
