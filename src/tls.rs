@@ -8,9 +8,6 @@
 //! reachable before stops being so. Certificates are always verified; there is no switch to
 //! turn verification off.
 
-#[cfg(test)]
-mod tests;
-
 use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
@@ -85,4 +82,20 @@ pub fn is_untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> bo
         };
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_chain_names_the_cause() {
+        let inner = std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(is_untrusted_certificate(&inner));
+        let text = crate::error::chain(&inner);
+        assert!(text.contains("UnknownIssuer"), "{text}");
+        assert!(!is_untrusted_certificate(&std::io::Error::other("refused")));
+    }
 }

@@ -65,8 +65,8 @@ mod tests {
     #[test]
     fn certificates_are_read_in_order() {
         let (a, b) = (
-            crate::test_support::private_ca().ca_pem,
-            crate::test_support::private_ca().ca_pem,
+            crate::test_support::private_ca_pem(),
+            crate::test_support::private_ca_pem(),
         );
         let bundle = CaBundle::from_pem("/ca.pem", &format!("junk\n{a}\n{b}")).unwrap();
         assert_eq!(bundle.certificates.len(), 2);

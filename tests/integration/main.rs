@@ -22,3 +22,4 @@ mod refresh;
 mod replicas;
 mod sessions;
 mod streaming;
+mod tls;

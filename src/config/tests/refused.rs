@@ -122,11 +122,8 @@ fn empty_files_are_refused() {
 
 #[test]
 fn ca_files_are_read_and_checked() {
-    let pem = crate::test_support::private_ca().ca_pem;
-    let bundle = toml_file(&format!(
-        "{pem}{}",
-        crate::test_support::private_ca().ca_pem
-    ));
+    let pem = crate::test_support::private_ca_pem();
+    let bundle = toml_file(&format!("{pem}{}", crate::test_support::private_ca_pem()));
     let config = load(
         MINIMAL,
         &[

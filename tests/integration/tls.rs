@@ -1,9 +1,7 @@
-//! Test-only module: its parent declares it under `#[cfg(test)]`.
-//!
-//! The three outbound clients (Pleo's API, Pleo's token endpoint, the app) against HTTPS
-//! servers whose certificate a private CA made by the test signed: without the CA in
-//! `pleo.ca_file` / `proxy.ca_file` each call fails as an untrusted certificate, with it
-//! each succeeds.
+//! `pleo.ca_file` and `proxy.ca_file`: the three outbound clients (Pleo's API, Pleo's token
+//! endpoint, the app) against an HTTPS server whose certificate a private CA made by the test
+//! signed. Without the CA configured each call fails as an untrusted certificate (and the token
+//! client's error names the keys to set); with it each succeeds.
 
 use std::{collections::HashMap, io::Write, time::Duration};
 
@@ -11,12 +9,11 @@ use axum::{Json, Router, routing::get, routing::post};
 use secrecy::SecretString;
 use serde_json::json;
 
-use super::{UNTRUSTED_HINT, is_untrusted_certificate};
-use crate::{
+use pleo_gateway::{
     config::Config,
     error::GatewayError,
     pleo_api::PleoApi,
-    test_support::{private_ca, serve_tls},
+    tls::{UNTRUSTED_HINT, is_untrusted_certificate},
     token::{PleoOAuth, TokenError},
     upstream::UpstreamClient,
 };
@@ -129,13 +126,68 @@ async fn every_outbound_client_trusts_the_configured_ca_and_only_then() {
     assert_eq!(response.status(), http::StatusCode::OK);
 }
 
-#[test]
-fn the_error_chain_names_the_cause() {
-    let inner = std::io::Error::other(rustls::Error::InvalidCertificate(
-        rustls::CertificateError::UnknownIssuer,
-    ));
-    assert!(is_untrusted_certificate(&inner));
-    let text = crate::error::chain(&inner);
-    assert!(text.contains("UnknownIssuer"), "{text}");
-    assert!(!is_untrusted_certificate(&std::io::Error::other("refused")));
+/// A private certificate authority made for one test, and a server configuration whose
+/// certificate (for `127.0.0.1` and `localhost`) it signed: what `pleo.ca_file` and
+/// `proxy.ca_file` are for.
+struct PrivateCa {
+    /// The CA's certificate, PEM: the contents of a `ca_file`.
+    ca_pem: String,
+    /// A TLS server configuration presenting the signed certificate.
+    server: std::sync::Arc<rustls::ServerConfig>,
+}
+
+/// A fresh [`PrivateCa`].
+fn private_ca() -> PrivateCa {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "pleo-gateway test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![server_cert.der().clone()], key)
+        .unwrap();
+    PrivateCa {
+        ca_pem: ca_cert.pem(),
+        server: std::sync::Arc::new(server),
+    }
+}
+
+/// Serves `router` over HTTPS (HTTP/1.1) with `tls` on an ephemeral loopback port until the
+/// test ends; returns the address.
+async fn serve_tls(
+    router: axum::Router,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to serve.
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
 }
