@@ -3,7 +3,8 @@
 //! Layering, lowest to highest: built-in defaults → the TOML file (if any) → environment
 //! variables `PLEO_GATEWAY__SECTION__KEY` (double underscore between levels). Variables that
 //! start with `PLEO_GATEWAY` but not `PLEO_GATEWAY__` (such as `PLEO_GATEWAY_CONFIG`, which
-//! names the file) are not configuration keys and are ignored.
+//! names the file) are not configuration keys and are ignored, unless they look like a key
+//! with an underscore missing (`PLEO_GATEWAY_SERVER__LISTEN`): see `config/env.rs`.
 //!
 //! Every value arrives as text (environment variables have no types), so the raw tree is read
 //! key by key and validated here, collecting *every* problem before giving up: an operator
@@ -11,7 +12,8 @@
 //! errors, because a misspelt key silently falling back to a default is how a gateway ends up
 //! running with the wrong cookie or the wrong Pleo environment.
 //!
-//! `config/gateway.toml` is the commented reference for every key.
+//! Some values parse but are refused (published keys, placeholders, plain http in production):
+//! see `config/safety.rs`. `config/gateway.toml` is the commented reference for every key.
 
 mod ca_bundle;
 mod defaults;

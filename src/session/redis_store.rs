@@ -8,7 +8,7 @@
 //!   extended while held, deleted only by its owner.
 //! - `{prefix}backoff:{hmac}` — consecutive transient refresh failures and when the next attempt
 //!   may be made, shared by every replica (exponential back-off, as Pleo asks).
-//! - `{prefix}budget:{key}` — a shared rate budget for calls to Pleo ([`budget`]).
+//! - `{prefix}budget:{key}` — a shared rate budget for calls to Pleo (`redis_store/budget.rs`).
 //!
 //! Every multi-step operation is one Lua script on one key, so it is atomic and cluster-safe.
 //! How the connection is made and kept (standalone, Sentinel with failover, Cluster) is
