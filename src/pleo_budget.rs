@@ -33,6 +33,8 @@ use crate::{
     },
 };
 
+/// The counter of budget decisions, by `outcome`.
+const BUDGET_METRIC: &str = "pleo_gateway_pleo_budget_calls_total";
 /// Longest a call waits for its turn before it is refused instead.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// How long this replica lets calls through unchecked after the store failed a budget check.
@@ -69,6 +71,13 @@ pub struct PleoBudget {
 impl PleoBudget {
     /// The budget configured in `config`, kept in `store`.
     pub fn new(config: &PleoConfig, store: Store) -> Self {
+        // The recorder first: a description given before it exists would be lost.
+        crate::telemetry::metrics_handle();
+        metrics::describe_counter!(
+            BUDGET_METRIC,
+            "Proxied calls to Pleo by what the shared rate budget did: sent (at once), waited \
+             (for a slot, up to 1 s), refused (429 from the gateway), unchecked (store error)"
+        );
         Self {
             store,
             rate: rate_for(config.rate_limit_per_minute),
@@ -102,16 +111,14 @@ impl PleoBudget {
         match self.store.take_budget(&self.key(session), rate, now).await {
             Ok(BudgetDecision::Go { wait }) => {
                 let outcome = if wait.is_zero() { "sent" } else { "waited" };
-                metrics::counter!("pleo_gateway_pleo_budget_calls_total", "outcome" => outcome)
-                    .increment(1);
+                metrics::counter!(BUDGET_METRIC, "outcome" => outcome).increment(1);
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
                 Ok(())
             }
             Ok(BudgetDecision::Refused { retry_after }) => {
-                metrics::counter!("pleo_gateway_pleo_budget_calls_total", "outcome" => "refused")
-                    .increment(1);
+                metrics::counter!(BUDGET_METRIC, "outcome" => "refused").increment(1);
                 Err(GatewayError::PleoRateBudget { retry_after })
             }
             Err(error) => {
@@ -123,8 +130,7 @@ impl PleoBudget {
                 let grace = STORE_ERROR_GRACE.as_millis() as u64;
                 self.unchecked_until_ms
                     .store(now.saturating_add(grace), Ordering::Relaxed);
-                metrics::counter!("pleo_gateway_pleo_budget_calls_total", "outcome" => "unchecked")
-                    .increment(1);
+                metrics::counter!(BUDGET_METRIC, "outcome" => "unchecked").increment(1);
                 tracing::warn!(%error, "the Pleo rate budget could not be checked; calls to Pleo go out unchecked for {}s", STORE_ERROR_GRACE.as_secs());
                 Ok(())
             }

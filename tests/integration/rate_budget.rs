@@ -125,6 +125,11 @@ async fn three_replicas_keep_one_subject_within_one_budget() {
             StatusCode::OK,
             "another subject has its own budget: {other_answer:?}"
         );
+        let metrics = pleo_gateway::telemetry::metrics_handle().render();
+        assert!(
+            metrics.contains("pleo_gateway_pleo_budget_calls_total{outcome=\"refused\"}"),
+            "{metrics}"
+        );
         eprintln!(
             "700 calls on 3 replicas in {took:?}: {ok} reached Pleo, {} refused",
             refused.len()

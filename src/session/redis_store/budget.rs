@@ -1,7 +1,9 @@
 //! The shared rate budgets in Redis: `{prefix}budget:{key}` holds the budget's theoretical
 //! arrival time (unix ms) and expires when it passes, so an idle budget costs nothing. The
 //! arithmetic is [`crate::session::budget`]'s, done inside one script per operation so that
-//! every replica's calls are counted atomically.
+//! every replica's calls are counted atomically. "Now" comes from the calling replica, as in
+//! every script here: replicas whose clocks disagree by `s` (NTP keeps it to milliseconds) can
+//! be that much early or late against the shared budget, no more.
 
 use std::time::Duration;
 
