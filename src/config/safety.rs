@@ -11,7 +11,8 @@ use super::raw::Problems;
 use super::{PleoConfig, PleoEnvironment, ServerConfig, SessionConfig};
 
 /// Keys published in this repository, as bytes (each is also readable ASCII): the example in
-/// `config/gateway.toml`, the development key in `config/dev.toml`, and 32 zero bytes.
+/// `config/gateway.toml`, the development key in `config/dev.toml`, the conformance check's,
+/// and 32 zero bytes.
 /// `published_keys_cover_the_repository` checks that every key in the repository's
 /// configuration files and README is listed here.
 const PUBLISHED_KEYS: &[(&[u8; 32], &str)] = &[
@@ -22,6 +23,10 @@ const PUBLISHED_KEYS: &[(&[u8; 32], &str)] = &[
     (
         b"DEV-ONLY-KEY-NEVER-USE-IN-PROD!!",
         "the development key from config/dev.toml",
+    ),
+    (
+        b"conformance-key-32-bytes-long!!!",
+        "the key of the conformance check (scripts/conformance)",
     ),
     (&[0; 32], "32 zero bytes"),
 ];
