@@ -3,7 +3,8 @@
 //! Layering, lowest to highest: built-in defaults → the TOML file (if any) → environment
 //! variables `PLEO_GATEWAY__SECTION__KEY` (double underscore between levels). Variables that
 //! start with `PLEO_GATEWAY` but not `PLEO_GATEWAY__` (such as `PLEO_GATEWAY_CONFIG`, which
-//! names the file) are not configuration keys and are ignored.
+//! names the file) are not configuration keys and are ignored, unless they look like a key
+//! with an underscore missing (`PLEO_GATEWAY_SERVER__LISTEN`): see `config/env.rs`.
 //!
 //! Every value arrives as text (environment variables have no types), so the raw tree is read
 //! key by key and validated here, collecting *every* problem before giving up: an operator
@@ -11,12 +12,17 @@
 //! errors, because a misspelt key silently falling back to a default is how a gateway ends up
 //! running with the wrong cookie or the wrong Pleo environment.
 //!
-//! `config/gateway.toml` is the commented reference for every key.
+//! Some values parse but are refused (published keys, placeholders, plain http in production):
+//! see `config/safety.rs`. `config/gateway.toml` is the commented reference for every key.
 
+mod ca_bundle;
 mod defaults;
+mod env;
 mod identity;
+mod rate;
 mod raw;
 mod redact;
+mod safety;
 mod validate;
 mod values;
 
@@ -35,7 +41,9 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+pub use ca_bundle::CaBundle;
 pub use identity::{BackgroundConfig, IdentityConfig, SigningKeyMaterial};
+pub use rate::{Rate, RateLimitScope};
 
 /// Prefix of the environment variables that set configuration keys (`PLEO_GATEWAY__PLEO__CLIENT_ID`).
 pub const ENV_PREFIX: &str = "PLEO_GATEWAY__";
@@ -64,6 +72,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Browser-facing origin (default `http://127.0.0.1:8080`); its path is always `/`.
     pub public_url: Url,
+    /// Accept an `http://` `public_url` with the production Pleo (refused otherwise).
+    pub allow_insecure_public_url: bool,
     /// Peers whose `X-Forwarded-*` headers are believed; a bare IP is a /32 or /128.
     pub trusted_proxies: Vec<IpNet>,
     /// Separate listener for `/metrics`; `None` serves it on the main listener.
@@ -149,6 +159,13 @@ pub struct PleoConfig {
     pub request_timeout: Duration,
     /// Deadline for establishing a connection to Pleo (default 5 s).
     pub connect_timeout: Duration,
+    /// Extra CAs trusted for `auth_url` and `api_url`, besides the built-in roots.
+    pub ca_file: Option<CaBundle>,
+    /// Proxied calls to Pleo allowed per minute and budget, shared by every replica (default
+    /// 500, Pleo's advice; `0` turns the budget off).
+    pub rate_limit_per_minute: u32,
+    /// Whose calls share one budget.
+    pub rate_limit_scope: RateLimitScope,
 }
 
 impl PleoConfig {
@@ -274,54 +291,8 @@ pub struct ProxyConfig {
     pub body_buffer_bytes: usize,
     /// Most connections to the app in use at once.
     pub upstream_max_connections: usize,
-}
-
-/// A rate: `burst` requests at once, then one every `interval`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rate {
-    /// Time between requests at the sustained rate.
-    pub interval: Duration,
-    /// Requests allowed back to back.
-    pub burst: u32,
-}
-
-impl Rate {
-    /// `count` per `per`, with a burst of `count`.
-    pub fn per(count: u32, per: Duration) -> Option<Self> {
-        (count > 0).then(|| Self {
-            interval: per / count,
-            burst: count,
-        })
-    }
-
-    /// Parses `"N/s"`, `"N/m"` or `"N/h"`; `"off"` (or `"0"`) is no limit.
-    pub fn parse(text: &str) -> Result<Option<Self>, String> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("off") || text == "0" {
-            return Ok(None);
-        }
-        let invalid = || format!("not a rate ({text:?}); use e.g. \"60/m\", \"200/s\" or \"off\"");
-        let (count, unit) = text.split_once('/').ok_or_else(invalid)?;
-        let count: u32 = count.trim().parse().map_err(|_| invalid())?;
-        let per = match unit.trim() {
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            _ => return Err(invalid()),
-        };
-        Self::per(count, per).map(Some).ok_or_else(invalid)
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = match (self.interval * self.burst).as_secs() {
-            1 => "s",
-            60 => "m",
-            _ => "h",
-        };
-        write!(f, "{}/{unit}", self.burst)
-    }
+    /// Extra CAs trusted for an `https://` `upstream`, besides the built-in roots.
+    pub ca_file: Option<CaBundle>,
 }
 
 impl Config {

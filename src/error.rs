@@ -110,6 +110,13 @@ pub enum GatewayError {
         /// When the next attempt will be accepted.
         retry_after: Duration,
     },
+    /// The shared budget of calls to Pleo (`pleo.rate_limit_per_minute`) has no slot for this
+    /// call soon enough; it never reached Pleo.
+    #[error("too many calls to Pleo right now; try again shortly")]
+    PleoRateBudget {
+        /// When a call would be admitted again.
+        retry_after: Duration,
+    },
     /// The client did not send its request body within `proxy.body_timeout`.
     #[error("the request body did not arrive in time")]
     BodyTimeout,
@@ -206,7 +213,7 @@ impl GatewayError {
             Self::PleoTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::PleoUnreachable | Self::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::PleoRateBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::BodyMalformed => StatusCode::BAD_REQUEST,
             Self::UpstreamBusy | Self::SubjectUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -241,6 +248,7 @@ impl GatewayError {
             Self::StoreUnavailable => "session_store_unavailable",
             Self::BodyTooLarge => "body_too_large",
             Self::RateLimited { .. } => "rate_limited",
+            Self::PleoRateBudget { .. } => "pleo_rate_limited",
             Self::BodyTimeout => "body_timeout",
             Self::BodyMalformed => "body_malformed",
             Self::UpstreamBusy => "upstream_busy",
@@ -255,6 +263,7 @@ impl GatewayError {
         match self {
             Self::PleoUnavailable { retry_after }
             | Self::RateLimited { retry_after }
+            | Self::PleoRateBudget { retry_after }
             | Self::SubjectUnknown { retry_after } => Some(*retry_after),
             Self::UpstreamBusy => Some(Duration::from_secs(1)),
             Self::StoreUnavailable => Some(STORE_RETRY_AFTER),
@@ -343,6 +352,23 @@ pub fn caused_by<T: std::error::Error + 'static>(
         source = cause.source();
     }
     false
+}
+
+/// An error and its causes, joined by `: `, for logs (a reqwest error's own text stops at
+/// "error sending request"; the reason, such as an untrusted certificate, is in its causes).
+/// A cause whose text its parent already ends with is not repeated.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// True when the request is a top-level browser navigation, which should see HTML rather than

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod internal;
 pub mod mock_pleo;
 pub mod pleo_api;
+pub mod pleo_budget;
 pub mod proxy;
 pub mod rate_limit;
 pub mod readiness;
@@ -31,5 +32,6 @@ pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
+pub mod tls;
 pub mod token;
 pub mod upstream;

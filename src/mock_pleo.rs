@@ -134,6 +134,7 @@ struct MockState {
     token_delay: Duration,
     token_failure: Option<u16>,
     introspect_failure: Option<u16>,
+    api_rate_limited: Option<u64>,
 }
 
 impl MockPleo {
@@ -146,6 +147,7 @@ impl MockPleo {
             token_delay: Duration::ZERO,
             token_failure: None,
             introspect_failure: None,
+            api_rate_limited: None,
         };
         Self {
             inner: Arc::new(Inner {
@@ -214,6 +216,12 @@ impl MockPleo {
     /// `None`: normal behaviour.
     pub fn set_introspect_failure(&self, status: Option<u16>) {
         self.lock().introspect_failure = status;
+    }
+
+    /// `Some(seconds)`: every API request is answered 429 with `Retry-After: seconds`, as Pleo
+    /// does beyond its rate limit (counted in `api_requests`); `None`: normal behaviour.
+    pub fn set_api_rate_limited(&self, retry_after_secs: Option<u64>) {
+        self.lock().api_rate_limited = retry_after_secs;
     }
 
     /// The status `GET /v1/introspect` is told to fail with, if any.

@@ -49,15 +49,16 @@ struct IntrospectData {
 }
 
 impl PleoApi {
-    /// The client for `config.api_url`: no redirects followed, connect and read timeouts.
+    /// The client for `config.api_url`: no redirects followed, connect and read timeouts, the
+    /// CAs of `pleo.ca_file` trusted besides the built-in roots.
     pub fn new(config: &PleoConfig) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.request_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")));
+        let client = crate::tls::trust_in_reqwest(builder, config.ca_file.as_ref())?.build()?;
         Ok(Self {
             client,
             base: config.api_url.as_str().trim_end_matches('/').to_owned(),
@@ -150,7 +151,9 @@ pub fn map_error(error: reqwest::Error) -> GatewayError {
     if error.is_timeout() {
         GatewayError::PleoTimeout
     } else {
-        tracing::warn!(error = %error, "Pleo API request failed");
+        let hint =
+            crate::tls::is_untrusted_certificate(&error).then_some(crate::tls::UNTRUSTED_HINT);
+        tracing::warn!(error = %crate::error::chain(&error), hint, "Pleo API request failed");
         GatewayError::PleoUnreachable
     }
 }

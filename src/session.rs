@@ -7,6 +7,7 @@
 
 pub mod backend;
 mod background;
+pub mod budget;
 pub mod cache;
 mod clock;
 pub mod cookie;

@@ -8,6 +8,7 @@ use crate::{
     config::{Config, SessionStoreKind},
     identity::Identity,
     pleo_api::PleoApi,
+    pleo_budget::PleoBudget,
     rate_limit::LoginRateLimiter,
     readiness::Readiness,
     session::{
@@ -43,6 +44,8 @@ pub struct AppState {
     pub cookies: Arc<CookieSettings>,
     /// The Pleo API client, built once.
     pub pleo_api: Arc<PleoApi>,
+    /// The budget of proxied calls to Pleo, shared by every replica through the store.
+    pub pleo_budget: Arc<PleoBudget>,
     /// Pooled client for the internal app, built once; `None` without `proxy.upstream`.
     pub upstream: Option<Arc<UpstreamClient>>,
     /// Open WebSocket connections to the app per session, so logging out closes them.
@@ -65,6 +68,7 @@ impl AppState {
         };
         let cipher =
             Sealer::new(&keys).ok_or_else(|| anyhow::anyhow!("no session encryption key"))?;
+        let pleo_budget = Arc::new(PleoBudget::new(&config.pleo, store.clone()));
         let sessions = Sessions::new(
             store,
             cipher,
@@ -111,6 +115,7 @@ impl AppState {
                 url,
                 config.proxy.upstream_timeout,
                 config.proxy.upstream_max_connections,
+                config.proxy.ca_file.as_ref(),
             )?)),
             None => None,
         };
@@ -132,6 +137,7 @@ impl AppState {
             refresher,
             cookies,
             pleo_api,
+            pleo_budget,
             upstream,
             websockets: WebSocketRegistry::new(),
             identity,

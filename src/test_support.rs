@@ -13,3 +13,16 @@ pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
     }
     map
 }
+
+/// The PEM certificate of a fresh private certificate authority: what `pleo.ca_file` and
+/// `proxy.ca_file` hold. (`tests/integration/tls.rs` also makes server certificates with it.)
+pub fn private_ca_pem() -> String {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "pleo-gateway test CA");
+    params.self_signed(&key).unwrap().pem()
+}

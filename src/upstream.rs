@@ -20,7 +20,10 @@ use hyper_util::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use url::Url;
 
-use crate::error::{GatewayError, caused_by};
+use crate::{
+    config::CaBundle,
+    error::{GatewayError, caused_by},
+};
 
 pub use websockets::WebSocketRegistry;
 
@@ -48,8 +51,14 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     /// Builds the client for `upstream`. `http://` is the usual sidecar case (the app is on the
-    /// same pod or host); `https://` works too, verified against the Mozilla root set.
-    pub fn new(upstream: &Url, timeout: Duration, max_connections: usize) -> anyhow::Result<Self> {
+    /// same pod or host); `https://` works too, verified against the Mozilla root set and the
+    /// CAs of `proxy.ca_file` ([`crate::tls`]).
+    pub fn new(
+        upstream: &Url,
+        timeout: Duration,
+        max_connections: usize,
+        ca_file: Option<&CaBundle>,
+    ) -> anyhow::Result<Self> {
         let scheme = upstream.scheme();
         if scheme != "http" && scheme != "https" {
             anyhow::bail!(
@@ -64,11 +73,14 @@ impl UpstreamClient {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeout)));
         connector.set_nodelay(true);
         connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let connector = match ca_file {
+            None => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+            Some(bundle) => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(crate::tls::client_config(bundle)?),
+        }
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(max_connections)
@@ -179,6 +191,7 @@ fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
     {
         return body::rejection(error);
     }
-    tracing::warn!(error = %error, connect = error.is_connect(), "request to the app behind the gateway failed");
+    let hint = crate::tls::is_untrusted_certificate(error).then_some(crate::tls::UNTRUSTED_HINT);
+    tracing::warn!(error = %crate::error::chain(error), connect = error.is_connect(), hint, "request to the app behind the gateway failed");
     GatewayError::UpstreamUnreachable
 }

@@ -41,6 +41,13 @@ pub(super) const MAX_REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(3600)
 pub(super) const DEFAULT_REQUEST_TIMEOUT: &str = "15s";
 /// Default `pleo.connect_timeout`.
 pub(super) const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
+/// Default `pleo.rate_limit_per_minute`: the most Pleo asks integrations to target (it
+/// allows 600).
+pub(super) const DEFAULT_RATE_LIMIT_PER_MINUTE: &str = "500";
+/// Largest `pleo.rate_limit_per_minute`: the budget counts whole milliseconds between calls.
+pub(super) const MAX_RATE_LIMIT_PER_MINUTE: u32 = 60_000;
+/// Default `pleo.rate_limit_scope`.
+pub(super) const DEFAULT_RATE_LIMIT_SCOPE: &str = "subject";
 /// Default `session.redis_url`.
 pub(super) const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Default `session.key_prefix`.

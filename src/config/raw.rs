@@ -18,6 +18,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
         &[
             "listen",
             "public_url",
+            "allow_insecure_public_url",
             "trusted_proxies",
             "metrics_listen",
             "internal_listen",
@@ -44,6 +45,9 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "proactive_refresh",
             "request_timeout",
             "connect_timeout",
+            "ca_file",
+            "rate_limit_per_minute",
+            "rate_limit_scope",
         ],
     ),
     (
@@ -72,6 +76,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "body_timeout",
             "body_buffer_bytes",
             "upstream_max_connections",
+            "ca_file",
         ],
     ),
     (
@@ -94,14 +99,13 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Origin the `config` crate gives values that came from environment variables.
-const ENV_ORIGIN: &str = "the environment";
-
 /// The merged tree: the file's values, overridden by the environment's.
 pub(super) struct RawTree {
     root: HashMap<String, Value>,
     /// Where the file came from, for "unknown key" messages.
     file: Option<String>,
+    /// Variables that look like configuration but set nothing (see [`super::env`]).
+    env_problems: Vec<ConfigProblem>,
 }
 
 impl RawTree {
@@ -119,16 +123,15 @@ impl RawTree {
                 .map_err(|err| ConfigError::Parse(format!("{}: {err}", path.display())))?;
             builder = builder.add_source(file_layer);
         }
+        // Only variables for known keys are merged: the others are reported under their own
+        // name, so that an unknown key is never blamed on the file.
+        let (env_keys, env_problems) = super::env::screen(env);
         // No `try_parsing` and no `list_separator`: every value stays a string (so
         // `client_id = "12345"` is not turned into a number), and lists are split by us.
         let env_source = Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
             .prefix_separator("__")
             .separator("__")
-            .source(Some(
-                env.iter()
-                    .map(|(key, value)| (key.clone(), value.clone()))
-                    .collect(),
-            ));
+            .source(Some(env_keys.into_iter().collect()));
         let merged = builder
             .add_source(env_source)
             .build()
@@ -140,17 +143,20 @@ impl RawTree {
         Ok(RawTree {
             root,
             file: file.map(|(path, _)| path.display().to_string()),
+            env_problems,
         })
     }
 
-    /// Reports every key (file or environment) that is not in [`KNOWN_KEYS`].
+    /// Reports every key that is not in [`KNOWN_KEYS`] (only the file can hold one: the
+    /// environment's were screened before merging), after the environment's own problems.
     pub(super) fn check_keys(&self, problems: &mut Problems) {
+        problems.0.extend(self.env_problems.iter().cloned());
         let mut sections: Vec<_> = self.root.iter().collect();
         sections.sort_by(|a, b| a.0.cmp(b.0));
         for (section, value) in sections {
             let Some((_, keys)) = KNOWN_KEYS.iter().find(|(name, _)| name == section) else {
                 let names: Vec<&str> = KNOWN_KEYS.iter().map(|(name, _)| *name).collect();
-                problems.push(display_key(section), self.unknown(section, value, &names));
+                problems.push(display_key(section), self.unknown(section, &names));
                 continue;
             };
             let ValueKind::Table(table) = &value.kind else {
@@ -165,26 +171,23 @@ impl RawTree {
             };
             let mut entries: Vec<_> = table.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            for (key, value) in entries {
+            for (key, _) in entries {
                 if !keys.contains(&key.as_str()) {
                     let dotted = format!("{section}.{key}");
-                    problems.push(display_key(&dotted), self.unknown(&dotted, value, keys));
+                    problems.push(display_key(&dotted), self.unknown(&dotted, keys));
                 }
             }
         }
     }
 
-    /// The "unknown key" message: where it was set and, for a likely typo, the intended key.
-    fn unknown(&self, dotted: &str, value: &Value, candidates: &[&str]) -> String {
+    /// The "unknown key" message: the file and, for a likely typo, the intended key.
+    fn unknown(&self, dotted: &str, candidates: &[&str]) -> String {
         let mut message = String::from("unknown key");
         let last = dotted.rsplit('.').next().unwrap_or(dotted);
         if let Some(suggestion) = closest(last, candidates) {
             message.push_str(&format!(" (did you mean `{suggestion}`?)"));
         }
-        if value.origin() == Some(ENV_ORIGIN) {
-            let var = format!("{ENV_PREFIX}{}", dotted.replace('.', "__")).to_uppercase();
-            message.push_str(&format!(", set by environment variable {var}"));
-        } else if let Some(file) = &self.file {
+        if let Some(file) = &self.file {
             message.push_str(&format!(", in {file}"));
         }
         message
@@ -351,10 +354,27 @@ impl<'a> Reader<'a> {
     }
 
     fn read_secret_file(&mut self, section: &str, file_key: &str, path: &str) -> Option<String> {
+        let text = self.read_file(section, file_key, path)?;
+        if text.trim().is_empty() {
+            // A secret mount that came up empty must not read as "no secret" (a public client,
+            // say): the file was named on purpose.
+            self.problem(section, file_key, format!("{path:?} is empty"));
+            return None;
+        }
+        Some(text)
+    }
+
+    /// The contents of the file `path` named by `section.file_key`; the path is not secret,
+    /// the contents may be and are never echoed.
+    pub(super) fn read_file(
+        &mut self,
+        section: &str,
+        file_key: &str,
+        path: &str,
+    ) -> Option<String> {
         match std::fs::read_to_string(path.trim()) {
             Ok(text) => Some(text),
             Err(err) => {
-                // The path is not secret; the contents are, and are never echoed.
                 self.problem(section, file_key, format!("cannot read {path:?}: {err}"));
                 None
             }
@@ -411,7 +431,7 @@ fn display_key(key: &str) -> String {
 }
 
 /// The candidate within edit distance 2 of `key` (a likely typo), if any.
-fn closest<'c>(key: &str, candidates: &[&'c str]) -> Option<&'c str> {
+pub(super) fn closest<'c>(key: &str, candidates: &[&'c str]) -> Option<&'c str> {
     candidates
         .iter()
         .map(|candidate| (edit_distance(key, candidate), *candidate))

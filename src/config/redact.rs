@@ -22,6 +22,11 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     section(&mut out, "server");
     line(&mut out, "listen", &string(&server.listen.to_string()));
     line(&mut out, "public_url", &string(&url(&server.public_url)));
+    line(
+        &mut out,
+        "allow_insecure_public_url",
+        &server.allow_insecure_public_url.to_string(),
+    );
     let proxies: Vec<String> = server
         .trusted_proxies
         .iter()
@@ -90,6 +95,17 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     );
     line(&mut out, "request_timeout", &duration(pleo.request_timeout));
     line(&mut out, "connect_timeout", &duration(pleo.connect_timeout));
+    line(&mut out, "ca_file", &ca_file(pleo.ca_file.as_ref()));
+    line(
+        &mut out,
+        "rate_limit_per_minute",
+        &pleo.rate_limit_per_minute.to_string(),
+    );
+    line(
+        &mut out,
+        "rate_limit_scope",
+        &string(pleo.rate_limit_scope.as_str()),
+    );
 
     let session = &config.session;
     section(&mut out, "session");
@@ -144,6 +160,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         "upstream_max_connections",
         &proxy.upstream_max_connections.to_string(),
     );
+    line(&mut out, "ca_file", &ca_file(proxy.ca_file.as_ref()));
 
     let identity = &config.identity;
     section(&mut out, "identity");
@@ -184,6 +201,18 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         &duration(background.grant_idle_timeout),
     );
     out
+}
+
+/// The path of a CA bundle (`""`: none), with how many certificates it held.
+fn ca_file(bundle: Option<&crate::config::CaBundle>) -> String {
+    match bundle {
+        None => string(""),
+        Some(bundle) => format!(
+            "{}  # {} certificate(s)",
+            string(&bundle.path.display().to_string()),
+            bundle.certificates.len()
+        ),
+    }
 }
 
 /// A Redis URL with the password (in `user:password@` or a `pass`/`password` query

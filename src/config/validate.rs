@@ -4,6 +4,8 @@
 //! invalid becomes `None` once its problem is recorded, and reading carries on, so one run
 //! reports every problem; a [`Config`] exists only when there were none.
 
+mod pleo;
+
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -12,8 +14,8 @@ use super::defaults::*;
 use super::raw::{RawTree, Reader};
 use super::values;
 use super::{
-    Config, ConfigError, EncryptionKey, PleoConfig, PleoEnvironment, ProxyConfig, ServerConfig,
-    SessionConfig, SessionStoreKind,
+    CaBundle, Config, ConfigError, EncryptionKey, ProxyConfig, ServerConfig, SessionConfig,
+    SessionStoreKind,
 };
 
 /// Validates the whole tree; `Err(Invalid)` lists every problem found.
@@ -21,11 +23,18 @@ pub(super) fn validate(tree: &RawTree) -> Result<Config, ConfigError> {
     let mut reader = Reader::new(tree);
     // Every section is read before looking at the results, so every problem is found.
     let server = server(&mut reader);
-    let pleo = pleo(&mut reader);
+    let pleo = pleo::pleo(&mut reader);
     let session = session(&mut reader);
     let proxy = proxy(&mut reader);
     let identity = super::identity::identity(&mut reader);
     let background = super::identity::background(&mut reader);
+    // Values that parse but must not be used: the published examples, plain http in production.
+    super::safety::check(
+        &mut reader.problems,
+        server.as_ref(),
+        pleo.as_ref(),
+        session.as_ref(),
+    );
     let problems = reader.problems.0;
     match (server, pleo, session, proxy, identity, background) {
         (
@@ -98,6 +107,28 @@ impl Reader<'_> {
         out
     }
 
+    /// `section.ca_file`: `None` when unset or empty; `Some(None)` after recording a problem.
+    fn ca_file(&mut self, section: &str) -> Option<Option<CaBundle>> {
+        let Some(path) = self
+            .text(section, "ca_file")
+            .filter(|p| !p.trim().is_empty())
+        else {
+            return Some(None);
+        };
+        let text = self.read_file(section, "ca_file", &path)?;
+        if text.trim().is_empty() {
+            self.problem(section, "ca_file", format!("{path:?} is empty"));
+            return None;
+        }
+        match CaBundle::from_pem(path.trim(), &text) {
+            Ok(bundle) => Some(Some(bundle)),
+            Err(message) => {
+                self.problem(section, "ca_file", message);
+                None
+            }
+        }
+    }
+
     /// Records `message` under `section.key` when `check` fails.
     fn check(&mut self, section: &str, key: &str, check: Result<(), String>) {
         if let Err(message) = check {
@@ -113,6 +144,12 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         "public_url",
         DEFAULT_PUBLIC_URL,
         values::origin_url,
+    );
+    let allow_insecure_public_url = r.value(
+        "server",
+        "allow_insecure_public_url",
+        "false",
+        values::boolean,
     );
     let trusted_proxies = r.parsed_list("server", "trusted_proxies", values::cidr);
     let metrics_listen = r.value("server", "metrics_listen", DEFAULT_METRICS_LISTEN, |text| {
@@ -172,6 +209,7 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
+        allow_insecure_public_url: allow_insecure_public_url?,
         trusted_proxies: trusted_proxies?,
         metrics_listen: metrics_listen?,
         internal_listen: internal_listen?,
@@ -182,92 +220,6 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         auth_rate_per_client: auth_rate_per_client?,
         auth_rate_global: auth_rate_global?,
         access_log: access_log?,
-    })
-}
-
-fn pleo(r: &mut Reader) -> Option<PleoConfig> {
-    let environment = r.value("pleo", "environment", "staging", |text| {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "staging" => Ok(PleoEnvironment::Staging),
-            "production" => Ok(PleoEnvironment::Production),
-            _ => Err(format!(
-                "must be \"staging\" or \"production\" (got {text:?})"
-            )),
-        }
-    });
-    // With an invalid environment the URL defaults are moot; staging's keep the URLs checked.
-    let preset = environment.unwrap_or(PleoEnvironment::Staging);
-    let auth_url = r.value(
-        "pleo",
-        "auth_url",
-        preset.default_auth_url(),
-        values::base_url,
-    );
-    let api_url = r.value(
-        "pleo",
-        "api_url",
-        preset.default_api_url(),
-        values::base_url,
-    );
-
-    let client_id = r.text("pleo", "client_id").unwrap_or_default();
-    if client_id.trim().is_empty() {
-        r.problem(
-            "pleo",
-            "client_id",
-            "required: the OAuth client id Pleo issued for this integration",
-        );
-    } else if client_id.chars().any(char::is_control) {
-        r.problem("pleo", "client_id", "must not contain control characters");
-    }
-    let client_secret = r.secret_text("pleo", "client_secret");
-
-    let scopes = r.list("pleo", "scopes").unwrap_or_default();
-    if scopes.is_empty() {
-        r.problem(
-            "pleo",
-            "scopes",
-            "required: at least one scope, e.g. [\"users:read\", \"export-jobs:read\"]",
-        );
-    }
-    for scope in &scopes {
-        if scope.is_empty() || scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            r.problem(
-                "pleo",
-                "scopes",
-                format!("{scope:?} is not a scope: it must be non-empty, without whitespace"),
-            );
-        }
-    }
-
-    let refresh_before_expiry = r.value(
-        "pleo",
-        "refresh_before_expiry",
-        DEFAULT_REFRESH_BEFORE_EXPIRY,
-        |text| {
-            let duration = values::duration(text)?;
-            if duration >= MAX_REFRESH_BEFORE_EXPIRY {
-                return Err(format!(
-                    "must be less than 1h ({text:?}); Pleo's access tokens live about 15 minutes"
-                ));
-            }
-            Ok(duration)
-        },
-    );
-    let proactive_refresh = r.value("pleo", "proactive_refresh", "false", values::boolean);
-    let request_timeout = r.duration("pleo", "request_timeout", DEFAULT_REQUEST_TIMEOUT);
-    let connect_timeout = r.duration("pleo", "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
-    Some(PleoConfig {
-        environment: environment?,
-        auth_url: auth_url?,
-        api_url: api_url?,
-        client_id,
-        client_secret: client_secret.map(SecretString::from),
-        scopes,
-        refresh_before_expiry: refresh_before_expiry?,
-        proactive_refresh: proactive_refresh?,
-        request_timeout: request_timeout?,
-        connect_timeout: connect_timeout?,
     })
 }
 
@@ -425,6 +377,7 @@ fn proxy(r: &mut Reader) -> Option<ProxyConfig> {
         DEFAULT_UPSTREAM_MAX_CONNECTIONS,
         values::positive_count,
     );
+    let ca_file = r.ca_file("proxy");
     Some(ProxyConfig {
         pleo_prefix,
         upstream: upstream?,
@@ -434,5 +387,6 @@ fn proxy(r: &mut Reader) -> Option<ProxyConfig> {
         body_timeout: body_timeout?,
         body_buffer_bytes: body_buffer_bytes?,
         upstream_max_connections: upstream_max_connections?,
+        ca_file: ca_file?,
     })
 }

@@ -57,6 +57,14 @@ pub(super) async fn require_bearer(
     let checked = {
         let mut state = mock.lock();
         state.stats.api_requests += 1;
+        if let Some(seconds) = state.api_rate_limited {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, HeaderValue::from(seconds))],
+                Json(json!({ "message": "Too many requests (mock)" })),
+            )
+                .into_response();
+        }
         let checked = bearer_token(request.headers()).and_then(|token| {
             state
                 .grants

@@ -134,7 +134,26 @@ fn method_has_no_body(method: &Method) -> bool {
     )
 }
 
+/// One call to Pleo, within the shared rate budget: it waits for its turn or is refused (429)
+/// before anything is sent; a 429 from Pleo pauses the budget and is passed on.
 async fn send(
+    state: &AppState,
+    method: &Method,
+    url: &Url,
+    headers: &HeaderMap,
+    body: impl Into<reqwest::Body>,
+    session: &Session,
+) -> Result<reqwest::Response, GatewayError> {
+    state.pleo_budget.admit(session).await?;
+    let response = send_now(state, method, url, headers, body, session).await?;
+    if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = response.headers().get(header::RETRY_AFTER);
+        state.pleo_budget.pleo_refused(session, retry_after).await;
+    }
+    Ok(response)
+}
+
+async fn send_now(
     state: &AppState,
     method: &Method,
     url: &Url,

@@ -8,6 +8,8 @@
 
 use std::{future::Future, time::Duration};
 
+pub use super::budget::{BudgetDecision, BudgetRate};
+
 /// A session as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredSession {
@@ -133,6 +135,25 @@ pub trait SessionBackend: Send + Sync {
     fn clear_refresh_backoff(
         &self,
         key: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Counts one call against the shared rate budget `key` (see [`super::budget`]): admitted
+    /// (after a wait of at most `rate.max_wait_ms`) or refused, atomically across replicas.
+    fn take_budget(
+        &self,
+        key: &str,
+        rate: BudgetRate,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<BudgetDecision, StoreError>> + Send;
+
+    /// Pauses the budget `key` until `until_ms` (never shortens a running pause): the first
+    /// call is admitted then, the next ones an interval apart.
+    fn pause_budget(
+        &self,
+        key: &str,
+        rate: BudgetRate,
+        until_ms: u64,
+        now_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Whether the backend answers (for `/readyz`).

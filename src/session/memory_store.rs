@@ -9,7 +9,11 @@ use std::{
     time::Duration,
 };
 
-use super::backend::{BackoffPolicy, CasOutcome, SessionBackend, StoreError, StoredSession};
+use super::backend::{
+    BackoffPolicy, BudgetDecision, BudgetRate, CasOutcome, SessionBackend, StoreError,
+    StoredSession,
+};
+use super::budget;
 
 #[derive(Debug)]
 struct Entry {
@@ -44,7 +48,10 @@ struct Inner {
     locks: HashMap<String, (String, std::time::Instant)>,
     /// Failure count, back-off end (unix ms), forget-after (unix ms).
     backoffs: HashMap<String, (u32, u64, u64)>,
+    /// Rate budgets: the theoretical arrival time (unix ms) of each; gone once it has passed.
+    budgets: HashMap<String, u64>,
     inserts: u64,
+    budget_takes: u64,
 }
 
 /// A `HashMap` behind a mutex; never held across an await.
@@ -233,6 +240,41 @@ impl SessionBackend for MemoryStore {
 
     async fn clear_refresh_backoff(&self, key: &str) -> Result<(), StoreError> {
         self.lock().backoffs.remove(key);
+        Ok(())
+    }
+
+    async fn take_budget(
+        &self,
+        key: &str,
+        rate: BudgetRate,
+        now_ms: u64,
+    ) -> Result<BudgetDecision, StoreError> {
+        let mut inner = self.lock();
+        // A budget whose TAT has passed is as good as new (Redis lets it expire): dropped by
+        // a sweep every so often, so the map holds only budgets in use.
+        inner.budget_takes += 1;
+        if inner.budget_takes.is_multiple_of(SWEEP_EVERY) {
+            inner.budgets.retain(|_, tat| *tat > now_ms);
+        }
+        let stored = inner.budgets.get(key).copied().filter(|tat| *tat > now_ms);
+        let (decision, new_tat) = budget::take(stored, now_ms, rate);
+        if let Some(tat) = new_tat {
+            inner.budgets.insert(key.to_owned(), tat);
+        }
+        Ok(decision)
+    }
+
+    async fn pause_budget(
+        &self,
+        key: &str,
+        rate: BudgetRate,
+        until_ms: u64,
+        _now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let target = budget::paused_tat(until_ms, rate);
+        let mut inner = self.lock();
+        let tat = inner.budgets.entry(key.to_owned()).or_insert(0);
+        *tat = (*tat).max(target);
         Ok(())
     }
 

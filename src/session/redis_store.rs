@@ -12,17 +12,23 @@
 //!   extended while held, deleted only by its owner.
 //! - `{prefix}backoff:{hmac}` — consecutive transient refresh failures and when the next attempt
 //!   may be made, shared by every replica (exponential back-off, as Pleo asks).
+//! - `{prefix}budget:{key}` — a shared rate budget for calls to Pleo (`redis_store/budget.rs`).
 //!
 //! Every multi-step operation is one Lua script on one key, so it is atomic and cluster-safe
 //! (the scripts are in `redis_store/scripts.rs`). How the connection is made and kept (standalone, Sentinel with failover, Cluster) is
 //! [`super::redis_conn`].
+
+mod budget;
 
 use std::{sync::Arc, time::Duration};
 
 use redis::Script;
 
 use super::{
-    backend::{BackoffPolicy, CasOutcome, SessionBackend, StoreError, StoredSession},
+    backend::{
+        BackoffPolicy, BudgetDecision, BudgetRate, CasOutcome, SessionBackend, StoreError,
+        StoredSession,
+    },
     redis_conn::RedisConn,
 };
 
@@ -42,6 +48,8 @@ struct Scripts {
     end_browser: Script,
     set_slot: Script,
     clear_slot: Script,
+    budget_take: Script,
+    budget_pause: Script,
 }
 
 /// A Redis-backed store; cheap to clone (connections are multiplexed and shared).
@@ -85,6 +93,8 @@ impl RedisStore {
                 end_browser: Script::new(END_BROWSER),
                 set_slot: Script::new(SET_SLOT),
                 clear_slot: Script::new(CLEAR_SLOT),
+                budget_take: Script::new(budget::BUDGET_TAKE),
+                budget_pause: Script::new(budget::BUDGET_PAUSE),
             }),
         })
     }
@@ -306,6 +316,26 @@ impl SessionBackend for RedisStore {
             .invoke_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    async fn take_budget(
+        &self,
+        key: &str,
+        rate: BudgetRate,
+        now_ms: u64,
+    ) -> Result<BudgetDecision, StoreError> {
+        self.take_budget_in_redis(key, rate, now_ms).await
+    }
+
+    async fn pause_budget(
+        &self,
+        key: &str,
+        rate: BudgetRate,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.pause_budget_in_redis(key, rate, until_ms, now_ms)
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-pub use super::backend::{BackoffPolicy, CasOutcome, SessionBackend, StoreError, StoredSession};
+pub use super::backend::{
+    BackoffPolicy, BudgetDecision, BudgetRate, CasOutcome, SessionBackend, StoreError,
+    StoredSession,
+};
 use super::{memory_store::MemoryStore, redis_store::RedisStore};
 
 /// The configured backend. An enum rather than a trait object: two backends, static dispatch.
@@ -123,6 +126,27 @@ impl Store {
     /// Forgets the failures after a successful refresh.
     pub async fn clear_refresh_backoff(&self, key: &str) -> Result<(), StoreError> {
         dispatch!(self, "clear_refresh_backoff", s => s.clear_refresh_backoff(key))
+    }
+
+    /// Counts one call against the shared rate budget `key`.
+    pub async fn take_budget(
+        &self,
+        key: &str,
+        rate: BudgetRate,
+        now_ms: u64,
+    ) -> Result<BudgetDecision, StoreError> {
+        dispatch!(self, "take_budget", s => s.take_budget(key, rate, now_ms))
+    }
+
+    /// Pauses the budget `key` until `until_ms`.
+    pub async fn pause_budget(
+        &self,
+        key: &str,
+        rate: BudgetRate,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, "pause_budget", s => s.pause_budget(key, rate, until_ms, now_ms))
     }
 
     /// Whether the backend answers (for `/readyz`).

@@ -148,6 +148,12 @@ pub fn upkeep() {
 
 fn describe() {
     describe_counter!(
+        "pleo_gateway_pleo_budget_calls_total",
+        Unit::Count,
+        "Proxied calls to Pleo by what the shared rate budget did: sent (at once), waited \
+         (for a slot, up to 1 s), refused (429 from the gateway), unchecked (store error)."
+    );
+    describe_counter!(
         HTTP_REQUESTS,
         Unit::Count,
         "Requests answered, by route (a fixed label, never the raw path), method and status."

@@ -126,9 +126,15 @@ impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp {
 fn classify(e: reqwest::Error) -> TransportError {
     if e.is_timeout() {
         TransportError::Timeout
+    } else if crate::tls::is_untrusted_certificate(&e) {
+        TransportError::Network(format!(
+            "{} ({})",
+            crate::error::chain(&e),
+            crate::tls::UNTRUSTED_HINT
+        ))
     } else {
         // reqwest errors name the URL, never credentials or bodies.
-        TransportError::Network(e.to_string())
+        TransportError::Network(crate::error::chain(&e))
     }
 }
 
@@ -177,8 +183,8 @@ impl PleoOAuth {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(pleo.request_timeout)
             .connect_timeout(pleo.connect_timeout)
-            .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")));
+        let http = crate::tls::trust_in_reqwest(http, pleo.ca_file.as_ref())?.build()?;
         Ok(Self {
             client,
             http: TokenHttp(http),

@@ -3,17 +3,23 @@
 use std::{io::Write, process::Command};
 
 const SECRET: &str = "client-secret-that-must-never-be-printed";
-const ENCRYPTION_KEY: &str = "REVWLU9OTFktS0VZLU5FVkVSLVVTRS1JTi1QUk9EISE=";
+/// A key of this test's own (the published example and development keys are refused).
+const ENCRYPTION_KEY: &str = "Ppv1/m6knhZpP0NnviuzA0yzlY/c52bkyLlQADWIBuk=";
 
 fn check_config(contents: &str) -> std::process::Output {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(contents.as_bytes()).expect("write config");
+    check_config_file(file.path(), &[])
+}
+
+fn check_config_file(path: &std::path::Path, env: &[(&str, &str)]) -> std::process::Output {
     // A clean environment: no PLEO_GATEWAY__* of the machine may change the verdict.
     Command::new(env!("CARGO_BIN_EXE_pleo-gateway"))
         .env_clear()
+        .envs(env.iter().copied())
         .arg("check-config")
         .arg("--config")
-        .arg(file.path())
+        .arg(path)
         .output()
         .expect("run pleo-gateway")
 }
@@ -103,4 +109,43 @@ fn check_config_warns_that_replicas_need_shared_signing_keys() {
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("AAECAwQF"));
+}
+
+/// The shipped reference file is refused until its placeholders are replaced, each by name;
+/// an environment variable with one underscore too few is named as such.
+#[test]
+fn the_reference_file_and_environment_typos_are_refused_by_name() {
+    let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+    let output = check_config_file(&reference, &[("PLEO_GATEWAY_SESSION__STORE", "memory")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "must fail: {stderr}");
+    assert!(
+        stderr.contains("pleo.client_id: is the all-zero placeholder"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("session.encryption_keys: key 1 is the example key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "environment variable PLEO_GATEWAY_SESSION__STORE: not read: configuration \
+             variables start with `PLEO_GATEWAY__`"
+        ),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+
+    let output = check_config_file(
+        &reference,
+        &[
+            (
+                "PLEO_GATEWAY__PLEO__CLIENT_ID",
+                "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+            ),
+            ("PLEO_GATEWAY__SESSION__ENCRYPTION_KEYS", ENCRYPTION_KEY),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "must pass: {stderr}");
 }

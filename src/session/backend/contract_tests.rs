@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{BackoffPolicy, CasOutcome, SessionBackend};
+use super::{BackoffPolicy, BudgetDecision, BudgetRate, CasOutcome, SessionBackend};
 use crate::session::{memory_store::MemoryStore, redis_store::RedisStore};
 
 const IDLE: Duration = Duration::from_secs(60);
@@ -123,6 +123,7 @@ async fn contract(store: &impl SessionBackend) {
     assert_eq!(store.refresh_backoff("b", now).await.unwrap(), None);
 
     background_grants(store, now, deadline).await;
+    budget_contract(store, now).await;
     store.ping().await.unwrap();
 }
 
@@ -223,6 +224,60 @@ async fn background_grants(store: &impl SessionBackend, now: u64, deadline: u64)
     assert!(store.clear_grant_slot(b, None).await.unwrap());
     assert!(!store.clear_grant_slot(b, None).await.unwrap());
     assert!(store.grant_slots().await.unwrap().is_empty());
+}
+
+/// The shared rate budget: a burst, then a bounded wait, then refusals that use up nothing;
+/// budgets are independent; time refills them; a pause holds every call until it ends and is
+/// never shortened.
+async fn budget_contract(store: &impl SessionBackend, now: u64) {
+    let rate = BudgetRate {
+        interval_ms: 1_000,
+        burst: 2,
+        max_wait_ms: 1_500,
+    };
+    let go = |ms| BudgetDecision::Go {
+        wait: Duration::from_millis(ms),
+    };
+    let refused = |ms| BudgetDecision::Refused {
+        retry_after: Duration::from_millis(ms),
+    };
+    let take = |key: &'static str, at: u64| store.take_budget(key, rate, at);
+    assert_eq!(take("r", now).await.unwrap(), go(0));
+    assert_eq!(take("r", now).await.unwrap(), go(0));
+    assert_eq!(take("r", now).await.unwrap(), go(1_000), "queued");
+    assert_eq!(
+        take("r", now).await.unwrap(),
+        refused(500),
+        "2 s is too long"
+    );
+    assert_eq!(
+        take("r", now).await.unwrap(),
+        refused(500),
+        "nothing used up"
+    );
+    assert_eq!(take("other", now).await.unwrap(), go(0), "independent");
+    assert_eq!(take("r", now + 3_000).await.unwrap(), go(0), "refilled");
+
+    store
+        .pause_budget("r", rate, now + 60_000, now + 3_000)
+        .await
+        .unwrap();
+    assert_eq!(take("r", now + 3_000).await.unwrap(), refused(55_500));
+    store
+        .pause_budget("r", rate, now + 10_000, now + 3_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        take("r", now + 3_000).await.unwrap(),
+        refused(55_500),
+        "a shorter pause does not shorten a running one"
+    );
+    assert_eq!(take("r", now + 60_000).await.unwrap(), go(0), "pause over");
+    assert_eq!(
+        take("r", now + 60_000).await.unwrap(),
+        go(1_000),
+        "no burst"
+    );
 }
 
 #[tokio::test]

@@ -166,6 +166,9 @@ impl TestEnv {
             // limits have tests of their own (hostile.rs), which set them explicitly.
             ("SERVER__AUTH_RATE_PER_CLIENT".into(), "off".into()),
             ("SERVER__AUTH_RATE_GLOBAL".into(), "off".into()),
+            // Several tests send hundreds of calls to the mock at once; the Pleo rate budget
+            // has tests of its own (rate_budget.rs), which turn it on.
+            ("PLEO__RATE_LIMIT_PER_MINUTE".into(), "0".into()),
         ];
         if let Some(secret) = &client_secret {
             env.push(("PLEO__CLIENT_SECRET".into(), secret.clone()));
