@@ -22,6 +22,7 @@ use axum::{
     Router,
     extract::{Request, State},
     http::{HeaderMap, HeaderName, header},
+    middleware,
     response::Response,
     routing::{any, get},
 };
@@ -29,7 +30,6 @@ use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     sensitive_headers::SetSensitiveHeadersLayer,
-    trace::TraceLayer,
 };
 
 use crate::{
@@ -40,6 +40,7 @@ use crate::{
     proxy::forward_to_pleo,
     session::{Session, SessionKey, now_ms},
     state::AppState,
+    telemetry::access_log::{self, AccessLog},
     token::RefreshError,
 };
 
@@ -47,21 +48,23 @@ use crate::{
 pub fn router(state: AppState) -> Router {
     let pleo_route = format!("{}/{{*path}}", state.config.proxy.pleo_prefix);
     let request_id = HeaderName::from_static("x-request-id");
+    let access_log = AccessLog {
+        enabled: state.config.server.access_log,
+    };
     Router::new()
         .route(&pleo_route, any(proxy_for_app))
         .route("/auth/jwks.json", get(crate::auth::jwks))
         .fallback(not_found)
+        .layer(middleware::from_fn(access_log::label_route))
         .with_state(state)
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(
-            |request: &axum::http::Request<axum::body::Body>| {
-                tracing::debug_span!(
-                    "internal request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                )
-            },
+        // The same request span, metrics and access line as the main listener; the route
+        // labels say which listener and which credential (`internal_assertion`,
+        // `internal_background`), so the two listeners' series never mix.
+        .layer(middleware::from_fn_with_state(
+            access_log,
+            access_log::observe,
         ))
         // Both credentials this listener takes are bearer secrets.
         .layer(SetSensitiveHeadersLayer::new([
@@ -91,12 +94,14 @@ async fn proxy_for_app(
     let (parts, body) = request.into_parts();
     match caller(&state, &parts.headers)? {
         Caller::Assertion(token) => {
+            access_log::note_route("internal_assertion");
             let session = session_for_assertion(&state, &token).await?;
             let on_error = |key: &SessionKey, e| assertion_refresh_error(&state, key, e);
             let session = fresh_session_or(&state, session, on_error).await?;
             forward_to_pleo(&state, session, parts, body, &on_error).await
         }
         Caller::Background(subject) => {
+            access_log::note_route("internal_background");
             let session = grants::session_for_subject(&state, &subject).await?;
             let on_error = |key: &SessionKey, e| grants::refresh_error(&state, key, &subject, e);
             let session = fresh_session_or(&state, session, on_error).await?;

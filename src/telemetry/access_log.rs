@@ -186,6 +186,7 @@ fn route_label(matched: &str) -> &'static str {
         "/auth/check" | "/auth/check/" | "/auth/check/{*rest}" => "/auth/check",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
+        "/auth/jwks.json" => "/auth/jwks.json",
         _ => UNMATCHED,
     }
 }

@@ -436,8 +436,8 @@ async fn the_service_token_never_appears_in_logs() {
         "the log shows what happened: {logged}"
     );
     assert!(
-        logged.contains("internal request"),
-        "requests on the internal listener are logged: {logged}"
+        logged.contains("internal_background"),
+        "requests on the internal listener have access lines: {logged}"
     );
     for secret in [SERVICE_TOKEN, guess, &SERVICE_TOKEN[..24]] {
         assert!(!logged.contains(secret), "{secret} was logged:\n{logged}");
