@@ -469,6 +469,7 @@ async fn readme_nginx_example_keeps_the_session_cookie_from_the_app() {
         .header(header::COOKIE, format!("{s}; theme=dark"))
         .header("X-Pleo-Subject", "urn:pleo:company:spoofed")
         .header("X-Pleo-Scopes", "everything:write")
+        .header("X-Pleo-Identity", "forged.assertion.value")
         .send()
         .await
         .expect("GET /dashboard through nginx");
@@ -482,6 +483,10 @@ async fn readme_nginx_example_keeps_the_session_cookie_from_the_app() {
         Some(subject.as_str())
     );
     assert_eq!(seen.one("x-pleo-scopes").as_deref(), Some(scopes.as_str()));
+    // The signed identity from the check replaces the client's: a compact JWS of three parts.
+    let identity = seen.one("x-pleo-identity").unwrap_or_default();
+    assert_ne!(identity, "forged.assertion.value");
+    assert_eq!(identity.split('.').count(), 3, "{identity}");
     assert_eq!(seen.one("cookie").as_deref(), Some("theme=dark"));
     stack.assert_app_never_saw_the_session();
 
