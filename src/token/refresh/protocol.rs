@@ -113,17 +113,7 @@ impl RefreshCoordinator {
                 });
                 return Ok(Some(current));
             }
-            if let Some(retry_after) = self
-                .sessions
-                .refresh_backoff(key, self.clock.now_ms())
-                .await?
-            {
-                *outcome = Some(RefreshOutcome::Backoff);
-                return Err(RefreshError::Unavailable {
-                    reason: "backing off after a failed refresh".into(),
-                    retry_after,
-                });
-            }
+            self.check_backoff(key, outcome).await?;
             if self
                 .sessions
                 .lock_refresh(key, owner, self.lock_ttl)
@@ -144,6 +134,26 @@ impl RefreshCoordinator {
         }
     }
 
+    /// Err while a back-off after a failed refresh runs (every replica shares it).
+    async fn check_backoff(
+        &self,
+        key: &SessionKey,
+        outcome: &mut Option<RefreshOutcome>,
+    ) -> Result<(), RefreshError> {
+        if let Some(retry_after) = self
+            .sessions
+            .refresh_backoff(key, self.clock.now_ms())
+            .await?
+        {
+            *outcome = Some(RefreshOutcome::Backoff);
+            return Err(RefreshError::Unavailable {
+                reason: "backing off after a failed refresh".into(),
+                retry_after,
+            });
+        }
+        Ok(())
+    }
+
     async fn refresh_holding_lock(
         &self,
         key: &SessionKey,
@@ -160,17 +170,7 @@ impl RefreshCoordinator {
         }
         // And the back-off: the previous holder may have failed and released the lock between
         // our look at the back-off and taking the lock.
-        if let Some(retry_after) = self
-            .sessions
-            .refresh_backoff(key, self.clock.now_ms())
-            .await?
-        {
-            *outcome = Some(RefreshOutcome::Backoff);
-            return Err(RefreshError::Unavailable {
-                reason: "backing off after a failed refresh".into(),
-                retry_after,
-            });
-        }
+        self.check_backoff(key, outcome).await?;
         let Some(refresh_token) = current.data.refresh_token.clone() else {
             *outcome = Some(RefreshOutcome::NoRefreshToken);
             self.sessions.delete(key).await?;
