@@ -19,6 +19,7 @@ mod ca_bundle;
 mod defaults;
 mod env;
 mod identity;
+mod keys;
 mod rate;
 mod raw;
 mod redact;

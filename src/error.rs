@@ -332,13 +332,6 @@ impl IntoResponse for GatewayError {
     }
 }
 
-impl From<crate::session::StoreError> for GatewayError {
-    fn from(e: crate::session::StoreError) -> Self {
-        tracing::warn!(error = %e, "session store error");
-        GatewayError::StoreUnavailable
-    }
-}
-
 /// Whether `T` is anywhere in the error's chain of causes (a body limit hit deep inside a
 /// client's error, say).
 pub fn caused_by<T: std::error::Error + 'static>(

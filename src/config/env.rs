@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use super::{ConfigProblem, ENV_PREFIX, raw::KNOWN_KEYS};
+use super::{ConfigProblem, ENV_PREFIX, keys::KNOWN_KEYS};
 
 /// The environment split into the variables that set configuration keys (name → value, as
 /// given) and the problems with variables that look like configuration but set nothing.
@@ -118,7 +118,7 @@ fn classify_key(path: &str) -> Verdict {
 }
 
 fn suggestion(name: &str, candidates: &[&str]) -> String {
-    super::raw::closest(name, candidates)
+    super::keys::closest(name, candidates)
         .map(|candidate| format!(" (did you mean `{candidate}`?)"))
         .unwrap_or_default()
 }

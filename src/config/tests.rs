@@ -515,7 +515,7 @@ fn reference_files_load() {
 #[test]
 fn reference_file_lists_every_known_key() {
     let text = std::fs::read_to_string(repo_file("config/gateway.toml")).expect("read");
-    for (section, keys) in raw::KNOWN_KEYS {
+    for (section, keys) in keys::KNOWN_KEYS {
         assert!(text.contains(&format!("[{section}]")), "[{section}]");
         for key in *keys {
             assert!(

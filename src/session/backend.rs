@@ -43,6 +43,15 @@ pub enum StoreError {
     Corrupt(&'static str),
 }
 
+/// A store failure answers 503 (with `Retry-After`): the session is not lost, only unreachable.
+/// Here rather than in `error.rs`, so the error type does not import the store above it.
+impl From<StoreError> for crate::error::GatewayError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "session store error");
+        crate::error::GatewayError::StoreUnavailable
+    }
+}
+
 /// Exponential back-off after transient refresh failures.
 #[derive(Clone, Copy, Debug)]
 pub struct BackoffPolicy {
