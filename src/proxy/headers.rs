@@ -54,8 +54,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Whether a header name is one of the gateway's identity headers (`X-Pleo-*`), in any spelling
 /// a server could normalise to the same name (`x_pleo_subject`).
 pub fn is_identity_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase().replace('_', "-");
-    lower.starts_with("x-pleo-")
+    const PREFIX: &[u8] = b"x-pleo-";
+    name.as_bytes()
+        .get(..PREFIX.len())
+        .is_some_and(|start| spells_bytes(start, PREFIX))
+}
+
+/// Whether header name `name` is `canonical` (lowercase, with `-`) in a spelling a server could
+/// normalise to it: any ASCII case, `_` for `-`. Byte by byte, without allocating: it runs for
+/// every header of every proxied request.
+pub fn spells(name: &str, canonical: &str) -> bool {
+    spells_bytes(name.as_bytes(), canonical.as_bytes())
+}
+
+fn spells_bytes(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name.iter().zip(canonical).all(|(&byte, &expected)| {
+            let byte = if byte == b'_' {
+                b'-'
+            } else {
+                byte.to_ascii_lowercase()
+            };
+            byte == expected
+        })
 }
 
 /// The headers of a request as they go to the Pleo API (before the bearer token is added).
@@ -122,7 +143,46 @@ mod tests {
         assert_eq!(out.len(), 1);
     }
 
+    #[test]
+    fn identity_headers_are_recognised_in_every_spelling() {
+        for name in [
+            "x-pleo-subject",
+            "X-Pleo-Identity",
+            "x_pleo_scopes",
+            "X_PLEO_",
+            "x-pleo_x",
+        ] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        for name in [
+            "x-pleo",
+            "x-pleosubject",
+            "xx-pleo-subject",
+            "accept",
+            "",
+            "x-ple\u{20ac}",
+        ] {
+            assert!(!is_identity_header(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn spellings_match_case_and_underscores_only() {
+        assert!(spells("x-request-id", "x-request-id"));
+        assert!(spells("X_Request_ID", "x-request-id"));
+        assert!(!spells("x-request-i", "x-request-id"));
+        assert!(!spells("x-request-idx", "x-request-id"));
+        assert!(!spells("x.request.id", "x-request-id"));
+    }
+
     proptest! {
+        #[test]
+        fn spelling_agrees_with_normalising_first(name in "[a-zA-Z_\u{e9}\u{20ac}-]{0,16}") {
+            let normalised = name.to_ascii_lowercase().replace('_', "-");
+            prop_assert_eq!(is_identity_header(&name), normalised.starts_with("x-pleo-"));
+            prop_assert_eq!(spells(&name, "x-request-id"), normalised == "x-request-id");
+        }
+
         #[test]
         fn no_credential_survives(name in "(cookie|authorization|x-pleo-[a-z]{1,8}|x_pleo_[a-z]{1,8})", value in "[ -~]{0,20}") {
             let mut h = HeaderMap::new();

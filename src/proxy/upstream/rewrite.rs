@@ -18,7 +18,7 @@ use crate::{
     auth::guard::identity_headers,
     forwarded::{self, Forwarding},
     identity::IDENTITY_HEADER,
-    proxy::headers::{is_identity_header, strip_hop_by_hop},
+    proxy::headers::{is_identity_header, spells, strip_hop_by_hop},
     session::{
         Session,
         cookie::{CookieSettings, without_cookies},
@@ -55,7 +55,7 @@ pub fn request_headers(mut headers: HeaderMap, rewrite: &RequestRewrite<'_>) -> 
         .filter(|name| {
             let name = name.as_str();
             is_identity_header(name)
-                || (name.replace('_', "-") == X_REQUEST_ID.as_str()
+                || (spells(name, X_REQUEST_ID.as_str())
                     && (name != X_REQUEST_ID.as_str() || rewrite.request_id.is_some()))
         })
         .cloned()
