@@ -18,6 +18,7 @@
 pub mod jws;
 pub mod keys;
 pub mod reference;
+mod reuse;
 
 use std::time::Duration;
 
@@ -61,6 +62,7 @@ pub struct Identity {
     issuer: String,
     audience: String,
     ttl: Duration,
+    recent: reuse::Recent,
 }
 
 /// Why an assertion was refused; said in the 401, which helps an app developer and tells an
@@ -119,6 +121,7 @@ impl Identity {
             issuer,
             audience,
             ttl: config.identity.assertion_ttl,
+            recent: reuse::Recent::new(config.identity.assertion_ttl),
         })
     }
 
@@ -140,10 +143,19 @@ impl Identity {
         Some(jws::sign(&self.keys, &claims))
     }
 
-    /// [`assertion`](Self::assertion) as a header value.
+    /// [`assertion`](Self::assertion) as a header value, reused for the same session for a few
+    /// seconds (see [`reuse`]) so a burst of requests costs one signature.
     pub fn header_value(&self, session: &Session, now_ms: u64) -> Option<HeaderValue> {
-        self.assertion(session, now_ms)
-            .and_then(|token| HeaderValue::from_str(&token).ok())
+        let subject = session.data.subject.as_deref()?;
+        let now_secs = now_ms / 1000;
+        if let Some(value) = self.recent.get(session, subject, now_secs) {
+            return Some(value);
+        }
+        let value = self
+            .assertion(session, now_ms)
+            .and_then(|token| HeaderValue::from_str(&token).ok())?;
+        self.recent.put(session, subject, now_secs, &value);
+        Some(value)
     }
 
     /// Checks an assertion handed back at `now_ms`: signature and header, issuer, audience,

@@ -226,3 +226,67 @@ fn the_jwks_lists_every_key_as_an_okp_ed25519_jwk() {
     .unwrap();
     assert_eq!(header["kid"], keys[0]["kid"], "the first key signs");
 }
+
+/// A burst of requests for one session costs one signature: the header is reused while it is
+/// younger than a quarter of its lifetime, and never for another session, subject or scopes.
+#[test]
+fn an_assertion_is_reused_briefly_for_the_same_session_only() {
+    let identity = Identity::new(&config(&[]), &session_keys()).unwrap();
+    let s = session(Some("urn:pleo:company:abc"));
+    let first = identity.header_value(&s, NOW_MS).unwrap();
+    assert_eq!(identity.header_value(&s, NOW_MS + 14_999).unwrap(), first);
+    let later = identity.header_value(&s, NOW_MS + 15_000).unwrap();
+    assert_ne!(
+        later, first,
+        "15 s is a quarter of the default 60 s: signed again"
+    );
+    let claims = claims_of(later.to_str().unwrap());
+    assert_eq!(claims["iat"], (NOW_MS + 15_000) / 1000);
+
+    let mut rescoped = s.clone();
+    rescoped.data.scopes = vec!["users:read".into()];
+    let other_scopes = identity.header_value(&rescoped, NOW_MS + 15_001).unwrap();
+    assert_ne!(other_scopes, later);
+    assert_eq!(
+        claims_of(other_scopes.to_str().unwrap())["scope"],
+        "users:read"
+    );
+
+    let mut other = session(Some("urn:pleo:company:abc"));
+    other.key = SessionHasher::new(&session_keys()).current("another id");
+    assert_ne!(
+        identity.header_value(&other, NOW_MS + 15_001).unwrap(),
+        other_scopes
+    );
+
+    // Every assertion handed out has at least three quarters of its life left.
+    let token = identity.header_value(&s, NOW_MS + 29_999).unwrap();
+    let claims = claims_of(token.to_str().unwrap());
+    let left = claims["exp"].as_u64().unwrap() * 1000 - (NOW_MS + 29_999);
+    assert!(left >= 45_000 - 1000, "{left} ms left");
+}
+
+/// Short lifetimes are never reused, and the memory is bounded whatever the number of sessions.
+#[test]
+fn reuse_is_off_for_short_lifetimes_and_bounded() {
+    let short = Identity::new(
+        &config(&[("IDENTITY__ASSERTION_TTL", "3s")]),
+        &session_keys(),
+    )
+    .unwrap();
+    let s = session(Some("urn:pleo:company:abc"));
+    assert_ne!(
+        short.header_value(&s, NOW_MS).unwrap(),
+        short.header_value(&s, NOW_MS).unwrap()
+    );
+    assert_eq!(short.recent.len(), 0);
+
+    let identity = Identity::new(&config(&[]), &session_keys()).unwrap();
+    let hasher = SessionHasher::new(&session_keys());
+    for i in 0..5000 {
+        let mut s = session(Some("urn:pleo:company:abc"));
+        s.key = hasher.current(&format!("id {i}"));
+        identity.header_value(&s, NOW_MS).unwrap();
+    }
+    assert!(identity.recent.len() <= 4096, "{}", identity.recent.len());
+}
