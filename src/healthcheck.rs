@@ -76,12 +76,8 @@ pub async fn check(url: &str, timeout: Duration) -> Result<(), String> {
         if e.is_timeout() {
             format!("no answer within {timeout:?}")
         } else {
-            // reqwest's own message names only the URL; the cause is at the end of the chain.
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(source) = cause.source() {
-                cause = source;
-            }
-            format!("cannot connect: {cause}")
+            // reqwest's own message names only the URL; the reason is in its causes.
+            format!("cannot connect: {}", crate::error::chain(&e))
         }
     })?;
     let status = response.status();

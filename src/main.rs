@@ -150,7 +150,9 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
             internal_listener,
             pleo_gateway::internal::router(state.clone()),
             options,
-            shutdown::signal(),
+            // Like the main listener: open through shutdown_delay, so the app's server side can
+            // finish what its requests started while the pod is taken out of the endpoints.
+            shutdown.closing(),
         ));
     }
     let listener = tokio::net::TcpListener::bind(listen)

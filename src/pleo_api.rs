@@ -137,11 +137,7 @@ impl PleoApi {
             .send()
             .instrument(call.span())
             .await;
-        call.finish(match &result {
-            Ok(response) => CallResult::Status(response.status().as_u16()),
-            Err(e) if e.is_timeout() => CallResult::Timeout,
-            Err(_) => CallResult::Error,
-        });
+        call.finish(CallResult::of(&result));
         result
     }
 }

@@ -13,12 +13,7 @@ use super::{
     guard::{current_session, fresh_session, identity_headers, refresh_error, require_session},
     subject::require_subject,
 };
-use crate::{
-    error::GatewayError,
-    session::{Session, now_ms},
-    state::AppState,
-    token::RefreshError,
-};
+use crate::{error::GatewayError, session::now_ms, state::AppState, token::RefreshError};
 
 /// JSON about the current session. Never contains a token.
 pub async fn session_info(
@@ -80,7 +75,10 @@ pub async fn disconnect(
     require_csrf_header(&headers)?;
     let session = require_session(&state, &headers, "/").await?;
     let session = fresh_session(&state, session).await?;
-    let mut response = delete_installation(&state, &session).await?;
+    let mut response = state
+        .pleo_api
+        .delete_installation(session.data.access_token.expose_secret())
+        .await?;
     if response.status() == StatusCode::UNAUTHORIZED {
         // The token may just have been rotated by another replica (this one's copy can be a
         // second old): refresh once and retry, so "disconnected" is only said when it is true.
@@ -90,7 +88,12 @@ pub async fn disconnect(
             .refresh_after_rejection(session.key.clone(), rejected)
             .await
         {
-            Ok(renewed) => response = delete_installation(&state, &renewed).await?,
+            Ok(renewed) => {
+                response = state
+                    .pleo_api
+                    .delete_installation(renewed.data.access_token.expose_secret())
+                    .await?;
+            }
             // The grant is already dead at Pleo: nothing is left to revoke.
             Err(RefreshError::Ended(_) | RefreshError::Gone) => {}
             Err(e) => return Err(refresh_error(&state, &session.key, e)),
@@ -118,17 +121,6 @@ pub async fn disconnect(
     }
     tracing::info!(session = session.key.short(), "disconnected from Pleo");
     Ok(logged_out(&state, true))
-}
-
-/// `DELETE {api_url}/v1/installations/me` with the session's token.
-async fn delete_installation(
-    state: &AppState,
-    session: &Session,
-) -> Result<reqwest::Response, GatewayError> {
-    state
-        .pleo_api
-        .delete_installation(session.data.access_token.expose_secret())
-        .await
 }
 
 fn logged_out(state: &AppState, disconnected: bool) -> Response {

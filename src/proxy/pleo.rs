@@ -179,9 +179,7 @@ async fn send_now(
         .instrument(call.span())
         .await;
     call.finish(match &sent {
-        Ok(Ok(response)) => CallResult::Status(response.status().as_u16()),
-        Ok(Err(e)) if e.is_timeout() => CallResult::Timeout,
-        Ok(Err(_)) => CallResult::Error,
+        Ok(result) => CallResult::of(result),
         Err(_) => CallResult::Timeout,
     });
     match sent {

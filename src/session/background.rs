@@ -65,17 +65,16 @@ impl Sessions {
             .await
     }
 
-    /// Every slot: subject and the key it points at, as stored.
-    pub async fn grant_slots(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.store.grant_slots().await
-    }
-
     /// A grant for a caller without a cookie: this replica's copy from the last second, or the
-    /// store's, without sliding the browser's idle expiry (no browser is asking).
+    /// store's, without sliding the browser's idle expiry (no browser is asking). The store's is
+    /// not put into the per-replica cache: a cookie lookup that hits the cache skips the browser
+    /// part's idle check, so background calls arriving every second would otherwise keep an
+    /// idled-out browser session alive.
     pub async fn load_grant(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
         if let Some(session) = self.cache.fresh(key) {
             return Ok(Some(session));
         }
-        self.reload(key).await
+        let stored = self.store.load(key.as_str(), self.clock.now_ms()).await?;
+        Ok(stored.and_then(|stored| self.open(key.clone(), stored)))
     }
 }

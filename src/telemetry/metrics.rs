@@ -300,6 +300,15 @@ pub enum CallResult {
 }
 
 impl CallResult {
+    /// What a reqwest call came to: its status, a timeout, or no answer.
+    pub fn of(result: &Result<reqwest::Response, reqwest::Error>) -> Self {
+        match result {
+            Ok(response) => Self::Status(response.status().as_u16()),
+            Err(e) if e.is_timeout() => Self::Timeout,
+            Err(_) => Self::Error,
+        }
+    }
+
     /// `2xx` … `5xx`, `timeout` or `error`.
     pub fn class(self) -> &'static str {
         match self {

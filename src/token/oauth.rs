@@ -89,11 +89,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for TokenHttp {
             let call = Call::pleo("token", request.method());
             call.inject(request.headers_mut());
             let response = self.0.execute(request).instrument(call.span()).await;
-            call.finish(match &response {
-                Ok(response) => CallResult::Status(response.status().as_u16()),
-                Err(e) if e.is_timeout() => CallResult::Timeout,
-                Err(_) => CallResult::Error,
-            });
+            call.finish(CallResult::of(&response));
             let response = response.map_err(classify)?;
             let status = response.status();
             if status.is_server_error()

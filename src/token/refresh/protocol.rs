@@ -66,7 +66,6 @@ impl RefreshCoordinator {
         want: &Want,
         outcome: &mut Option<RefreshOutcome>,
     ) -> Result<Session, RefreshError> {
-        let owner = random_token();
         // Requests that queued behind this replica's refresh find its result in the session
         // cache (written together with the store): no store round trip per waiter.
         if let Some(cached) = self.sessions.cached(key)
@@ -75,6 +74,7 @@ impl RefreshCoordinator {
             *outcome = Some(RefreshOutcome::NotNeeded);
             return Ok(cached);
         }
+        let owner = random_token();
         let done_meanwhile = self
             .take_lock_or_wait(key, want, &owner, outcome)
             .instrument(tracing::debug_span!("refresh.lock_wait"))
