@@ -103,7 +103,7 @@ pub fn app(state: AppState) -> Router {
         // is a plain token; anyone else's is replaced by ours (the app logs it).
         .layer(middleware::from_fn_with_state(
             trusted_proxies,
-            crate::forwarded::accept_request_id,
+            crate::request_id::accept_request_id,
         ))
 }
 

@@ -25,6 +25,7 @@ pub mod pleo_budget;
 pub mod proxy;
 pub mod rate_limit;
 pub mod readiness;
+pub mod request_id;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -29,7 +29,10 @@ use std::str::FromStr;
 use http::{HeaderMap, HeaderName, HeaderValue, uri::Authority};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use pleo_gateway::forwarded::{apply, is_plain_request_id, resolve};
+use pleo_gateway::{
+    forwarded::{apply, resolve},
+    request_id::is_plain_request_id,
+};
 use url::Url;
 
 const PEERS: &[&str] = &[

@@ -25,7 +25,7 @@ use crate::{
     },
 };
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::request_id::X_REQUEST_ID;
 
 /// What the gateway knows about a request on its way to the app.
 #[derive(Debug)]
