@@ -154,20 +154,47 @@ const CLAIMS: &[&str] = &[
 /// A trusted proxy's other `X-Forwarded-*` (port, prefix) pass; a client's do not, and neither
 /// do `_` spellings (`x_forwarded_for`), which no proxy writes but WSGI-style servers fold into
 /// the real name. The [`CLAIMS`] are dropped in every spelling.
+/// Compares byte by byte, without allocating: it runs for every header of every request to the
+/// app.
 fn is_replaced(name: &str, peer_trusted: bool) -> bool {
-    let folded = fold(name);
-    let respelled = folded != name;
-    let ours = matches!(
-        folded.as_str(),
-        "forwarded" | "x-real-ip" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host"
-    );
-    ours || CLAIMS.contains(&folded.as_str())
-        || (folded.starts_with("x-forwarded-") && (respelled || !peer_trusted))
+    const OURS: &[&str] = &[
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ];
+    const FORWARDED_PREFIX: &[u8] = b"x-forwarded-";
+    // What folding (below) would change: a `_` or an upper-case letter.
+    let respelled = name.bytes().any(|b| b == b'_' || b.is_ascii_uppercase());
+    let spelt = |candidates: &[&str]| candidates.iter().any(|c| spells(name, c));
+    spelt(OURS)
+        || spelt(CLAIMS)
+        || (name
+            .as_bytes()
+            .get(..FORWARDED_PREFIX.len())
+            .is_some_and(|start| spells_bytes(start, FORWARDED_PREFIX))
+            && (respelled || !peer_trusted))
 }
 
-/// A header name as servers that fold `_` into `-` and ignore case see it.
-fn fold(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+/// Whether header name `name` is `canonical` (lowercase, with `-`) in a spelling a server could
+/// fold into it: any ASCII case, `_` for `-`. Byte by byte, without allocating: it runs for
+/// every header of every proxied request.
+pub fn spells(name: &str, canonical: &str) -> bool {
+    spells_bytes(name.as_bytes(), canonical.as_bytes())
+}
+
+/// [`spells`] over bytes (a prefix of a name, say).
+pub(crate) fn spells_bytes(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name.iter().zip(canonical).all(|(&byte, &expected)| {
+            let byte = if byte == b'_' {
+                b'-'
+            } else {
+                byte.to_ascii_lowercase()
+            };
+            byte == expected
+        })
 }
 
 /// Every comma-separated value of every `name` header, in order.
@@ -367,7 +394,34 @@ mod tests {
         assert_eq!(out["x-forwarded-for"], "10.0.0.9");
     }
 
+    /// The rule as first written: fold the name (lower case, `_` to `-`), then compare.
+    fn is_replaced_by_folding(name: &str, peer_trusted: bool) -> bool {
+        let folded = name.to_ascii_lowercase().replace('_', "-");
+        let respelled = folded != name;
+        let ours = matches!(
+            folded.as_str(),
+            "forwarded"
+                | "x-real-ip"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+        );
+        ours || CLAIMS.contains(&folded.as_str())
+            || (folded.starts_with("x-forwarded-") && (respelled || !peer_trusted))
+    }
+
     proptest! {
+        #[test]
+        fn replacing_without_allocating_agrees_with_folding(
+            name in "(?i)(x[-_]forwarded[-_](for|proto|host|port|prefix)|x[-_]real[-_]ip|forwarded|client[-_]ip|x[-_]original[-_]url|[a-z_-]{0,14})",
+            peer_trusted in any::<bool>(),
+        ) {
+            prop_assert_eq!(
+                is_replaced(&name, peer_trusted),
+                is_replaced_by_folding(&name, peer_trusted)
+            );
+        }
+
         #[test]
         fn an_untrusted_peer_never_chooses_the_client(
             claimed in prop::collection::vec("[0-9a-f.:, ]{0,20}", 0..4),

@@ -51,6 +51,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+pub use crate::forwarded::spells;
+use crate::forwarded::spells_bytes;
+
 /// Whether a header name is one of the gateway's identity headers (`X-Pleo-*`), in any spelling
 /// a server could normalise to the same name (`x_pleo_subject`).
 pub fn is_identity_header(name: &str) -> bool {
@@ -58,25 +61,6 @@ pub fn is_identity_header(name: &str) -> bool {
     name.as_bytes()
         .get(..PREFIX.len())
         .is_some_and(|start| spells_bytes(start, PREFIX))
-}
-
-/// Whether header name `name` is `canonical` (lowercase, with `-`) in a spelling a server could
-/// normalise to it: any ASCII case, `_` for `-`. Byte by byte, without allocating: it runs for
-/// every header of every proxied request.
-pub fn spells(name: &str, canonical: &str) -> bool {
-    spells_bytes(name.as_bytes(), canonical.as_bytes())
-}
-
-fn spells_bytes(name: &[u8], canonical: &[u8]) -> bool {
-    name.len() == canonical.len()
-        && name.iter().zip(canonical).all(|(&byte, &expected)| {
-            let byte = if byte == b'_' {
-                b'-'
-            } else {
-                byte.to_ascii_lowercase()
-            };
-            byte == expected
-        })
 }
 
 /// The headers of a request as they go to the Pleo API (before the bearer token is added).
