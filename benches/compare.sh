@@ -21,6 +21,7 @@
 #
 # Environment:
 #   ROUNDS (3), DURATION (8s), THREADS (2: wrk threads; c1 uses one)
+#   CASES            which cases to run (default "c1 c64 c256 big-c4"), for a quicker look
 #   OUT              JSON path (default $CARGO_TARGET_DIR/bench/compare-<time>.json)
 #   PLEO_RATE_LIMIT  the gateway's pleo.rate_limit_per_minute (default 0 = off, so /pleo measures
 #                    proxying rather than the budget's 429s; the budget costs a Redis round trip)
@@ -225,7 +226,10 @@ done
 
 echo "machine: $(nproc) cores, $(uptime | sed 's/.*load/load/')"
 echo "rounds=$ROUNDS duration=$DURATION threads=$THREADS (c1 uses one)"
-cases=("c1|1|small" "c64|64|small" "c256|256|small" "big-c4|4|big")
+cases=()
+for c in "c1|1|small" "c64|64|small" "c256|256|small" "big-c4|4|big"; do
+  [[ " ${CASES:-c1 c64 c256 big-c4} " == *" ${c%%|*} "* ]] && cases+=("$c")
+done
 mkdir -p "$work/wrk"
 for round in $(seq 1 "$ROUNDS"); do
   for c in "${cases[@]}"; do
@@ -256,7 +260,8 @@ names=$(for t in "${targets[@]}"; do echo "${t%%|*}"; done)
 python3 - "$work" "$OUT" "$ROUNDS" "$DURATION" $names <<'PY'
 import json, os, re, statistics, sys, platform, subprocess
 work, out, rounds, duration, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
-cases = ["c1", "c64", "c256", "big-c4"]
+ALL_CASES = ["c1", "c64", "c256", "big-c4"]
+cases = [c for c in ALL_CASES if os.path.exists(os.path.join(work, "wrk", f"{names[0]}.{c}.1.txt"))]
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
 SIZES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 
@@ -309,12 +314,15 @@ def lat(v):
     if v is None: return "-"
     return f"{v*1000:.0f} µs" if v < 1 else f"{v:.1f} ms"
 def mib(k): return f"{k/1024:.1f}" if k else "-"
-hdr = ["target"] + [f"{c} req/s (×nginx) p50/p99" for c in cases[:3]] + ["10 MB c4 MB/s (×nginx)", "peak RSS MiB", "idle RSS MiB"]
+hdr = ["target"] + [f"{c} req/s (×nginx) p50/p99" for c in ALL_CASES[:3]] + ["10 MB c4 MB/s (×nginx)", "peak RSS MiB", "idle RSS MiB"]
 rows = []
 for name, entry in result["targets"].items():
     row = [name]
-    for case in cases:
-        c = entry["cases"][case]
+    for case in ALL_CASES:
+        c = entry["cases"].get(case)
+        if c is None:
+            row.append("-")
+            continue
         flag = " !non-2xx" if c["non_2xx"] else ""
         if case == "big-c4":
             row.append(f"{c['mb_s']:,.0f} ({c['x_nginx']:.2f}×){flag}")

@@ -36,3 +36,4 @@ mod test_support;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod workers;

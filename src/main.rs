@@ -9,7 +9,7 @@ use pleo_gateway::{
     config::Config,
     demo, healthcheck,
     mock_pleo::{MockClient, MockPleo, MockPleoConfig},
-    shutdown, telemetry,
+    shutdown, telemetry, workers,
 };
 
 #[tokio::main]
@@ -155,11 +155,18 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
             shutdown.closing(),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let workers = workers::worker_count(0);
+    let listeners = workers::bind(listen, workers)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (server.listen): {e}"))?;
-    tracing::info!(address = %listener.local_addr()?, "pleo-gateway listening");
-    pleo_gateway::server::serve(listener, app::app(state), options, shutdown.closing()).await?;
+    let address = listeners[0].local_addr()?;
+    tracing::info!(%address, workers, "pleo-gateway listening");
+    workers::serve_workers(
+        listeners,
+        move |_| Ok(app::app(state.with_own_pools()?)),
+        options,
+        || shutdown.closing(),
+    )
+    .await?;
     tracing::info!("pleo-gateway stopped");
     Ok(())
 }

@@ -39,6 +39,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 #[derive(Debug)]
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// Kept to build another pool with the same settings ([`UpstreamClient::with_own_pool`]).
+    connector: HttpsConnector<HttpConnector>,
     /// `scheme://host:port` of the app.
     origin: String,
     /// The app's base path without a trailing slash (`""` at the root).
@@ -47,6 +49,8 @@ pub struct UpstreamClient {
     pub timeout: Duration,
     /// One permit per app connection in use (`proxy.upstream_max_connections`).
     slots: Arc<Semaphore>,
+    /// `proxy.upstream_max_connections`, also the most idle connections a pool keeps.
+    max_connections: usize,
 }
 
 impl UpstreamClient {
@@ -81,22 +85,35 @@ impl UpstreamClient {
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(max_connections)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let client = pool(connector.clone(), max_connections);
         let host = match upstream.host() {
             Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
             _ => host.to_owned(),
         };
         Ok(Self {
             client,
+            connector,
             origin: format!("{scheme}://{host}:{port}"),
             base_path: upstream.path().trim_end_matches('/').to_owned(),
             timeout,
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            max_connections,
         })
+    }
+
+    /// The same app behind a pool of its own, sharing this client's connection limit: each
+    /// worker runtime ([`crate::workers`]) keeps its app connections to itself, so a request
+    /// and its app connection are served by the same thread.
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            client: pool(self.connector.clone(), self.max_connections),
+            connector: self.connector.clone(),
+            origin: self.origin.clone(),
+            base_path: self.base_path.clone(),
+            timeout: self.timeout,
+            slots: Arc::clone(&self.slots),
+            max_connections: self.max_connections,
+        }
     }
 
     /// `{origin}{base_path}{path}?{query}` with the path and query exactly as received.
@@ -146,6 +163,18 @@ impl UpstreamClient {
             Err(_) => Err(GatewayError::UpstreamTimeout),
         }
     }
+}
+
+/// A pooled HTTP/1.1 client keeping up to `max_idle` idle connections to the app.
+fn pool(
+    connector: HttpsConnector<HttpConnector>,
+    max_idle: usize,
+) -> Client<HttpsConnector<HttpConnector>, Body> {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(max_idle)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 fn with_slot(
