@@ -155,6 +155,10 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
             shutdown.closing(),
         ));
     }
+    // Memory a burst took goes back to the system once it is over (see memory.rs).
+    tokio::spawn(pleo_gateway::memory::release_after_bursts(
+        pleo_gateway::memory::CHECK_EVERY,
+    ));
     let workers = workers::worker_count(0);
     let listeners = workers::bind(listen, workers)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (server.listen): {e}"))?;

@@ -48,6 +48,9 @@ struct IntrospectData {
     scope: String,
 }
 
+/// Idle keep-alive connections to Pleo's API are closed after this.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl PleoApi {
     /// The client for `config.api_url`: no redirects followed, connect and read timeouts, the
     /// CAs of `pleo.ca_file` trusted besides the built-in roots.
@@ -56,7 +59,9 @@ impl PleoApi {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Long enough to spare a TLS handshake between calls of one page, short enough
+            // that a burst's connections (about 40 KiB each) do not outstay it for long.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")));
         let client = crate::tls::trust_in_reqwest(builder, config.ca_file.as_ref())?.build()?;
         Ok(Self {

@@ -137,6 +137,7 @@ pub async fn serve(
                     let served = Arc::clone(&served);
                     move |mut request: Request<Incoming>| {
                         served.store(true, Ordering::Relaxed);
+                        crate::memory::note_request();
                         request.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
                         request
                     }
