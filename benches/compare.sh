@@ -201,7 +201,7 @@ if [ -n "${SERVE_ONLY:-}" ]; then
   { echo "GW_PID=$gw_pid"; echo "MOCK_PID=$mock_pid"
     echo "GW_PLEO=http://127.0.0.1:$gw_port/pleo/v1/introspect"; echo "GW_APP=http://127.0.0.1:$gw_port/"
     echo "COOKIE='$cookie'"; echo "BEARER='$token'"; echo "NGINX=http://127.0.0.1:$nginx_port/"
-    echo "METRICS=http://127.0.0.1:$metrics_port/metrics"; } >"$env_file"
+    echo "METRICS=http://127.0.0.1:$metrics_port/metrics"; echo "REDIS_PORT=$redis_port"; } >"$env_file"
   echo "serving; targets in $env_file; Ctrl-C (or kill $$) stops everything"
   while :; do sleep 3600 & wait $! || break; done
   exit 0

@@ -1,27 +1,24 @@
 //! The composition root: the router with its middleware stack, and `run`. The state it is built
 //! from is [`crate::state::AppState`]; handlers take it from the router, never from here.
 
-use std::{future::Future, sync::Arc};
+use std::future::Future;
 
 pub use crate::state::{AppState, open_store};
 
 use axum::{
     Json, Router,
     extract::State,
-    http::{HeaderName, StatusCode, header},
+    http::StatusCode,
     middleware,
     response::IntoResponse,
     routing::{any, get, post},
 };
-use tower_http::{
-    catch_panic::CatchPanicLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    sensitive_headers::SetSensitiveHeadersLayer,
-};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::{
     auth,
-    error::{GatewayError, render_html_errors},
+    edge::EdgeLayer,
+    error::GatewayError,
     proxy,
     readiness::Phase,
     telemetry::access_log::{self, AccessLog},
@@ -36,8 +33,6 @@ pub fn app(state: AppState) -> Router {
         crate::telemetry::metrics_handle();
     }
     let pleo_route = format!("{}/{{*path}}", state.config.proxy.pleo_prefix);
-    let request_id = HeaderName::from_static("x-request-id");
-    let trusted_proxies = Arc::new(state.config.server.trusted_proxies.clone());
     let access_log = AccessLog {
         enabled: state.config.server.access_log,
     };
@@ -58,7 +53,6 @@ pub fn app(state: AppState) -> Router {
         // Metrics are served only on `server.metrics_listen`; here the path is the gateway's.
         .route("/metrics", any(not_found))
         .route("/metrics/{*rest}", any(not_found))
-        .route(&pleo_route, any(proxy::proxy_to_pleo))
         // The gateway's own namespaces never fall through to the app, their roots included.
         .route("/auth", any(not_found))
         .route("/auth/", any(not_found))
@@ -67,23 +61,24 @@ pub fn app(state: AppState) -> Router {
         .route(
             &format!("{}/", state.config.proxy.pleo_prefix),
             any(not_found),
-        );
+        )
+        // The routes above are labelled by their template; the two proxies below label
+        // themselves (their templates depend on the configuration) and skip this layer.
+        .route_layer(middleware::from_fn(access_log::label_route))
+        .route(&pleo_route, any(proxy::proxy_to_pleo));
     // With an app behind the gateway, everything unrouted is the app's; without one, 404.
     let router = if state.upstream.is_some() {
         router.fallback(proxy::proxy_to_upstream)
     } else {
         router.fallback(not_found)
     };
+    let trusted_proxies = state.config.server.trusted_proxies.clone();
     router
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(access_log::label_route))
         .with_state(state)
-        // Outermost last: request ids exist before the request's span starts; secrets are
-        // marked sensitive before anything could log headers; panics become 500s instead of
-        // dropped connections (and are logged and counted like any other answer).
-        .layer(middleware::from_fn(render_html_errors))
+        // Panics become 500s instead of dropped connections (and are logged and counted like
+        // any other answer).
         .layer(CatchPanicLayer::new())
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
         // The request's span (its id on every log line), metrics and access-log line. Neither
         // names the path or query: the query of /auth/callback carries the authorisation code
         // and state, which must not reach a log line.
@@ -91,20 +86,10 @@ pub fn app(state: AppState) -> Router {
             access_log,
             access_log::observe,
         ))
-        .layer(SetSensitiveHeadersLayer::new([
-            header::COOKIE,
-            header::SET_COOKIE,
-            header::AUTHORIZATION,
-            header::PROXY_AUTHORIZATION,
-            HeaderName::from_static(crate::identity::IDENTITY_HEADER),
-        ]))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        // Outermost: an inbound request id is kept only from a trusted proxy, and only if it
-        // is a plain token; anyone else's is replaced by ours (the app logs it).
-        .layer(middleware::from_fn_with_state(
-            trusted_proxies,
-            crate::request_id::accept_request_id,
-        ))
+        // Outermost: request ids (an inbound one only from a trusted proxy) exist before the
+        // request's span starts, and secrets are marked sensitive before anything could log
+        // headers; on the way out, the id and HTML error pages.
+        .layer(EdgeLayer::new(trusted_proxies))
 }
 
 async fn not_found() -> GatewayError {

@@ -92,6 +92,9 @@ pub struct ServerConfig {
     /// Most client connections open at once; beyond it, idle connections are closed to make
     /// room and new ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Worker runtimes serving `listen`, each on its own thread (see `workers.rs`); 0: one per
+    /// core this process may use.
+    pub workers: usize,
     /// Rate limit per client address on `/auth/login` and `/auth/callback` (`None`: off).
     pub auth_rate_per_client: Option<Rate>,
     /// Rate limit for all clients together on the same endpoints (`None`: off).

@@ -3,7 +3,7 @@
 //! Use [`GatewayError`] in every handler: it carries an explicit status, a stable machine-readable
 //! code and a message that is safe to show to the caller. Internals (Redis errors, token-endpoint
 //! bodies) are logged here, once, and never put in a response. Browsers that navigated to a failing
-//! URL get the same information as an HTML page: see [`render_html_errors`].
+//! URL get the same information as an HTML page: see [`render_error_page`].
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use serde::Serialize;
 
 mod html;
 
-pub use html::{escape_html, is_navigation, redirect, render_html_errors};
+pub use html::{escape_html, is_navigation, redirect, render_error_page};
 
 /// Everything a request can fail with, each mapped to one status below.
 #[derive(Debug, thiserror::Error)]

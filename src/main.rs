@@ -105,6 +105,7 @@ async fn grants(file: Option<&std::path::Path>, action: GrantsAction) -> anyhow:
 async fn serve(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listen = config.server.listen;
+    let config_workers = config.server.workers;
     let options = pleo_gateway::server::ServeOptions::from_config(&config.server);
     let store = app::open_store(&config).await?;
     let state = app::AppState::new(config, store)?;
@@ -159,7 +160,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     tokio::spawn(pleo_gateway::memory::release_after_bursts(
         pleo_gateway::memory::CHECK_EVERY,
     ));
-    let workers = workers::worker_count(0);
+    let workers = workers::worker_count(config_workers);
     let listeners = workers::bind(listen, workers)
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (server.listen): {e}"))?;
     let address = listeners[0].local_addr()?;

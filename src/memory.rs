@@ -44,7 +44,10 @@ pub async fn release_after_bursts(every: Duration) {
         tick.tick().await;
         if quiet.observe(REQUESTS.load(Ordering::Relaxed)) {
             let released = trim();
-            tracing::debug!(released, "traffic stopped; free heap pages returned to the system");
+            tracing::debug!(
+                released,
+                "traffic stopped; free heap pages returned to the system"
+            );
         }
     }
 }

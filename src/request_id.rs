@@ -6,35 +6,16 @@
 //! not at all.
 
 use axum::http::{HeaderMap, HeaderName};
-use ipnet::IpNet;
 
 /// The request id header, on requests, responses and the calls to the app.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Middleware: drops an inbound `X-Request-Id` unless the peer is a trusted proxy and the id is
-/// a plain token (see [`is_plain_request_id`]); otherwise the gateway assigns its own. A
+/// Drops an inbound `X-Request-Id` unless the peer is a trusted proxy and the id is a plain
+/// token (see [`is_plain_request_id`]); the gateway then assigns its own ([`crate::edge`]). A
 /// client-chosen id would end up in the app's logs and file names. The W3C trace context
 /// (`traceparent`, `tracestate`) is believed on the same terms: from a trusted proxy the
 /// gateway's trace continues it, from anyone else it is dropped and a new trace starts.
-pub async fn accept_request_id(
-    axum::extract::State(trusted): axum::extract::State<std::sync::Arc<Vec<IpNet>>>,
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let peer_trusted = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .is_some_and(|info| {
-            let peer = info.0.ip().to_canonical();
-            trusted.iter().any(|net| net.contains(&peer))
-        });
-    drop_untrusted_ids(request.headers_mut(), peer_trusted);
-    next.run(request).await
-}
-
-/// Removes the request id and trace context a request may not choose (see
-/// [`accept_request_id`]).
-fn drop_untrusted_ids(headers: &mut HeaderMap, peer_trusted: bool) {
+pub fn drop_untrusted_ids(headers: &mut HeaderMap, peer_trusted: bool) {
     let keep = peer_trusted
         && headers.get_all(X_REQUEST_ID).iter().count() == 1
         && headers

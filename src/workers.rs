@@ -133,7 +133,10 @@ mod tests {
             .map(|l| l.local_addr().unwrap().port())
             .collect();
         assert_eq!(ports.len(), 3);
-        assert!(ports[0] != 0 && ports.iter().all(|p| *p == ports[0]), "{ports:?}");
+        assert!(
+            ports[0] != 0 && ports.iter().all(|p| *p == ports[0]),
+            "{ports:?}"
+        );
     }
 
     #[test]

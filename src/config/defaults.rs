@@ -28,6 +28,8 @@ pub(super) const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 1
 /// 15 KB request head held open, see the README's security model) this stays inside the
 /// shipped 64 MiB memory limit.
 pub(super) const DEFAULT_MAX_CONNECTIONS: &str = "1024";
+/// Default `server.workers`: one per core the process may use (CPU affinity and cgroup quota).
+pub(super) const DEFAULT_WORKERS: &str = "auto";
 /// Default `server.auth_rate_per_client`: a person with several tabs and retries never gets
 /// near it; a script hammering `/auth/login` does at once.
 pub(super) const DEFAULT_AUTH_RATE_PER_CLIENT: &str = "60/m";

@@ -17,6 +17,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "shutdown_timeout",
             "max_header_bytes",
             "max_connections",
+            "workers",
             "auth_rate_per_client",
             "auth_rate_global",
             "access_log",

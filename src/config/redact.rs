@@ -58,6 +58,15 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         "max_connections",
         &server.max_connections.to_string(),
     );
+    line(
+        &mut out,
+        "workers",
+        &if server.workers == 0 {
+            string("auto")
+        } else {
+            server.workers.to_string()
+        },
+    );
     let rate =
         |rate: Option<crate::config::Rate>| string(&rate.map_or("off".into(), |r| r.to_string()));
     line(

@@ -80,6 +80,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(server.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(server.max_header_bytes, 16 * 1024);
     assert_eq!(server.max_connections, 1024);
+    assert_eq!(server.workers, 0, "auto");
     assert_eq!(
         server.auth_rate_per_client,
         crate::config::Rate::per(60, Duration::from_secs(60))
@@ -257,6 +258,18 @@ fn bad_duration_names_the_key() {
     assert_eq!(
         problems[0].to_string(),
         r#"session.idle_timeout: not a duration ("8 hours please"); use e.g. "90s", "8h""#
+    );
+}
+
+#[test]
+fn workers_are_auto_or_a_positive_count() {
+    let workers = |value: &str| load(MINIMAL, &[("PLEO_GATEWAY__SERVER__WORKERS", value)]);
+    assert_eq!(workers("auto").unwrap().server.workers, 0);
+    assert_eq!(workers("3").unwrap().server.workers, 3);
+    let problems = problems(workers("0"));
+    assert_eq!(
+        problems[0].to_string(),
+        r#"server.workers: must be greater than zero ("0"); or "auto" for one per core"#
     );
 }
 

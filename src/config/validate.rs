@@ -193,6 +193,7 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         DEFAULT_MAX_CONNECTIONS,
         values::positive_count,
     );
+    let workers = r.value("server", "workers", DEFAULT_WORKERS, values::workers);
     let auth_rate_per_client = r.value(
         "server",
         "auth_rate_per_client",
@@ -217,6 +218,7 @@ fn server(r: &mut Reader) -> Option<ServerConfig> {
         shutdown_timeout: shutdown_timeout?,
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
+        workers: workers?,
         auth_rate_per_client: auth_rate_per_client?,
         auth_rate_global: auth_rate_global?,
         access_log: access_log?,

@@ -99,6 +99,14 @@ pub(super) fn positive_count(text: &str) -> Result<usize, String> {
     }
 }
 
+/// `server.workers`: `"auto"` (0: one per core this process may use) or a positive count.
+pub(super) fn workers(text: &str) -> Result<usize, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(0);
+    }
+    positive_count(text).map_err(|e| format!("{e}; or \"auto\" for one per core"))
+}
+
 /// A socket address such as `0.0.0.0:8080` or `[::]:8080`.
 pub(super) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| {

@@ -3,9 +3,7 @@
 
 use axum::{
     body::Body,
-    extract::Request,
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 
@@ -33,14 +31,10 @@ fn prefers_html(accept: &str) -> bool {
     }
 }
 
-/// Middleware: when a navigation ends in an error response, replace the JSON body with a small
-/// HTML page carrying the same message, so a person sees a readable page instead of raw JSON.
-pub async fn render_html_errors(request: Request, next: Next) -> Response {
-    let navigation = is_navigation(request.headers());
-    let response = next.run(request).await;
-    if !navigation {
-        return response;
-    }
+/// For a navigation ([`is_navigation`], decided on the request): an error response's JSON body
+/// becomes a small HTML page carrying the same message, so a person sees a readable page
+/// instead of raw JSON. Other responses pass unchanged. Applied by [`crate::edge`].
+pub fn render_error_page(response: Response) -> Response {
     let Some(body) = response.extensions().get::<ErrorBody>().cloned() else {
         return response;
     };

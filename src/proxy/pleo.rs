@@ -6,7 +6,7 @@
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
+    http::{HeaderMap, HeaderValue, Method, header, request::Parts},
     response::Response,
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -190,11 +190,12 @@ async fn send_now(
 }
 
 fn into_response(upstream: reqwest::Response) -> Response {
-    let status =
-        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let headers = headers::from_pleo(upstream.headers().clone());
-    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
-    *response.status_mut() = status;
+    // Taken apart rather than copied: the head moves over as it is, the body streams through
+    // (bounded by the client's read timeout between chunks).
+    let (parts, body) = http::Response::from(upstream).into_parts();
+    let headers = headers::from_pleo(parts.headers);
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
     if !response.headers().contains_key(header::CACHE_CONTROL) {
         // Responses are per-user: no shared cache may keep them.

@@ -72,9 +72,10 @@ impl Finished {
 pub async fn observe(State(log): State<AccessLog>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
-    let request_id = request
-        .headers()
-        .get("x-request-id")
+    // Kept for the access line: the response gets its copy of the id outside this layer.
+    let request_id_value = request.headers().get("x-request-id").cloned();
+    let request_id = request_id_value
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let span = tracing::info_span!(
@@ -130,10 +131,7 @@ pub async fn observe(State(log): State<AccessLog>, request: Request, next: Next)
     }
     drop(span);
     if log.enabled {
-        let request_id = response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok());
+        let request_id = request_id_value.as_ref().and_then(|v| v.to_str().ok());
         tracing::info!(
             target: "pleo_gateway::access_log",
             method,

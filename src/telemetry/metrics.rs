@@ -6,14 +6,47 @@
 //! a client can vary would grow memory without bound. Recording is a few atomic operations and
 //! one lookup per family; nothing here allocates on a request unless a status code is unusual.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{cell::RefCell, collections::HashMap, sync::OnceLock, time::Duration};
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::process;
+
+/// The installed recorder's handle ([`metrics_handle`]).
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// A series recorded on every request: its family and labels (the status kept as a number).
+type SeriesKey = (&'static str, &'static str, &'static str, u16);
+
+thread_local! {
+    /// The counter and histogram handles of the per-request series, per thread: building a
+    /// `metrics` key allocates its label list and the recorder then hashes it and takes a lock
+    /// to find the series, on every request and every call. Each worker thread resolves a
+    /// series once. Bounded by the label sets, which are fixed (see the module documentation).
+    static SERIES: RefCell<HashMap<SeriesKey, (Counter, Histogram)>> = RefCell::new(HashMap::new());
+}
+
+/// Records into a per-request series through the thread's cached handles (see [`SERIES`]);
+/// before a recorder is installed, through fresh handles (a cached no-op handle would stay one).
+fn with_series(
+    key: SeriesKey,
+    make: impl FnOnce() -> (Counter, Histogram),
+    record: impl FnOnce(&Counter, &Histogram),
+) {
+    if HANDLE.get().is_none() {
+        let (counter, histogram) = make();
+        record(&counter, &histogram);
+        return;
+    }
+    SERIES.with_borrow_mut(|series| {
+        let (counter, histogram) = series.entry(key).or_insert_with(make);
+        record(counter, histogram);
+    });
+}
 
 pub(super) const HTTP_REQUESTS: &str = "pleo_gateway_http_requests_total";
 pub(super) const HTTP_DURATION: &str = "pleo_gateway_http_request_duration_seconds";
@@ -113,7 +146,6 @@ const BUCKETS: [f64; 13] = [
 /// The process-wide Prometheus recorder, installed on first use with every family described.
 /// One per process, so several gateways in one test process share it.
 pub fn metrics_handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
@@ -253,9 +285,19 @@ fn git_sha() -> &'static str {
 
 /// One answered request. `route` and `method` come from fixed sets (see `access_log`).
 pub fn http_request(route: &'static str, method: &'static str, status: u16, took: Duration) {
-    counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status_label(status))
-        .increment(1);
-    histogram!(HTTP_DURATION, "route" => route).record(took.as_secs_f64());
+    with_series(
+        (HTTP_REQUESTS, route, method, status),
+        || {
+            (
+                counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status_label(status)),
+                histogram!(HTTP_DURATION, "route" => route),
+            )
+        },
+        |requests, duration| {
+            requests.increment(1);
+            duration.record(took.as_secs_f64());
+        },
+    );
 }
 
 /// The status as a label: a static string for the codes the gateway and ordinary apps answer
@@ -328,14 +370,38 @@ impl CallResult {
 
 /// One call to Pleo (`endpoint`: api, token, introspect, installation).
 pub fn pleo_call(endpoint: &'static str, result: CallResult, took: Duration) {
-    counter!(PLEO_REQUESTS, "endpoint" => endpoint, "status_class" => result.class()).increment(1);
-    histogram!(PLEO_DURATION, "endpoint" => endpoint).record(took.as_secs_f64());
+    let class = result.class();
+    with_series(
+        (PLEO_REQUESTS, endpoint, class, 0),
+        || {
+            (
+                counter!(PLEO_REQUESTS, "endpoint" => endpoint, "status_class" => class),
+                histogram!(PLEO_DURATION, "endpoint" => endpoint),
+            )
+        },
+        |requests, duration| {
+            requests.increment(1);
+            duration.record(took.as_secs_f64());
+        },
+    );
 }
 
 /// One request forwarded to the app.
 pub fn app_call(result: CallResult, took: Duration) {
-    counter!(APP_REQUESTS, "status_class" => result.class()).increment(1);
-    histogram!(APP_DURATION).record(took.as_secs_f64());
+    let class = result.class();
+    with_series(
+        (APP_REQUESTS, class, "", 0),
+        || {
+            (
+                counter!(APP_REQUESTS, "status_class" => class),
+                histogram!(APP_DURATION),
+            )
+        },
+        |requests, duration| {
+            requests.increment(1);
+            duration.record(took.as_secs_f64());
+        },
+    );
 }
 
 /// A browser was sent to Pleo to log in.

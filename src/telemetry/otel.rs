@@ -14,7 +14,7 @@
 //!
 //! Trace context: an inbound W3C `traceparent`/`tracestate` is continued only when it came from
 //! one of `server.trusted_proxies`; anyone else's is dropped on arrival (as `X-Request-Id` is,
-//! see `request_id::accept_request_id`) and the request starts a new trace. Calls to Pleo and to
+//! see `request_id::drop_untrusted_ids`) and the request starts a new trace. Calls to Pleo and to
 //! the app carry the gateway's own `traceparent` (a child of the call's span).
 
 use std::{
