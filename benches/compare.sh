@@ -21,6 +21,7 @@
 #
 # Environment:
 #   ROUNDS (3), DURATION (8s), THREADS (2: wrk threads; c1 uses one)
+#   MOCK_TOKEN_TTL   lifetime of the mock's access tokens (default 1h; refresh_burst.sh shortens it)
 #   CASES            which cases to run (default "c1 c64 c256 big-c4"), for a quicker look
 #   OUT              JSON path (default $CARGO_TARGET_DIR/bench/compare-<time>.json)
 #   PLEO_RATE_LIMIT  the gateway's pleo.rate_limit_per_minute (default 0 = off, so /pleo measures
@@ -128,7 +129,7 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --d
 pids+=($!)
 for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 
-RUST_LOG=warn "$bin" mock-pleo --port "$mock_port" --auto-approve --access-token-ttl 1h \
+RUST_LOG=warn "$bin" mock-pleo --port "$mock_port" --auto-approve --access-token-ttl "${MOCK_TOKEN_TTL:-1h}" \
   --redirect-uri "$callback" --redirect-uri "$bench_callback" >"$work/mock.log" 2>&1 &
 mock_pid=$!; pids+=("$mock_pid")
 wait_http "http://127.0.0.1:$mock_port/_mock/stats"
