@@ -35,11 +35,28 @@ pub fn worker_count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
-/// Binds `count` listeners on `address` with `SO_REUSEPORT` (the first decides the port when
-/// `address` has port 0). Each has the kernel's default backlog of 1024.
+/// Binds `count` listeners on `address` with `SO_REUSEPORT`. Each has a backlog of 1024.
+///
+/// `SO_REUSEPORT` would also let this process join a port another process (of the same user)
+/// already listens on with it, silently splitting the traffic, e.g. a second gateway started
+/// with the same `server.listen`. So the address is first claimed without it: a port anyone
+/// listens on fails here with "address in use", as a plain bind would. That probe also fixes
+/// the port when `address` has port 0.
 pub fn bind(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let address = {
+        let probe = socket2::Socket::new(
+            socket2::Domain::for_address(address),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&address.into())?;
+        probe
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("the listener has no socket address"))?
+    };
     let mut listeners = Vec::with_capacity(count);
-    let mut address = address;
     for _ in 0..count.max(1) {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(address),
@@ -51,9 +68,7 @@ pub fn bind(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::
         socket.set_nonblocking(true)?;
         socket.bind(&address.into())?;
         socket.listen(1024)?;
-        let listener: std::net::TcpListener = socket.into();
-        address = listener.local_addr()?;
-        listeners.push(listener);
+        listeners.push(socket.into());
     }
     Ok(listeners)
 }
@@ -137,6 +152,19 @@ mod tests {
             ports[0] != 0 && ports.iter().all(|p| *p == ports[0]),
             "{ports:?}"
         );
+    }
+
+    #[test]
+    fn a_port_someone_listens_on_is_in_use_even_for_us() {
+        let ours = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let taken = ours[0].local_addr().unwrap();
+        // Another gateway on the same address: refused, not joined to our SO_REUSEPORT group.
+        let second = bind(taken, 2).unwrap_err();
+        assert_eq!(second.kind(), std::io::ErrorKind::AddrInUse, "{second}");
+        // A plain listener (anyone else's) is refused too.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let error = bind(plain.local_addr().unwrap(), 1).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
     }
 
     #[test]
