@@ -165,6 +165,8 @@ pub struct PleoConfig {
     pub connect_timeout: Duration,
     /// Extra CAs trusted for `auth_url` and `api_url`, besides the built-in roots.
     pub ca_file: Option<CaBundle>,
+    /// Most proxied calls to Pleo in flight at once (one connection each), for the process.
+    pub max_connections: usize,
     /// Proxied calls to Pleo allowed per minute and budget, shared by every replica (default
     /// 500, Pleo's advice; `0` turns the budget off).
     pub rate_limit_per_minute: u32,

@@ -4,10 +4,11 @@
 //!
 //! Built once at start-up (a pooled client); both the Pleo proxy and the `/auth/*` routes use it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use reqwest::Method;
 use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use url::Url;
 
@@ -24,7 +25,13 @@ pub struct PleoApi {
     /// `api_url` without a trailing slash, so paths starting with `/` can be appended.
     base: String,
     timeout: Duration,
+    /// One permit per proxied call in flight (`pleo.max_connections`), shared by every
+    /// worker's client.
+    slots: Arc<Semaphore>,
 }
+
+/// Longest wait for a free connection to Pleo (`pleo.max_connections`) before 503.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
 
 /// Who a token belongs to, from `GET /v1/introspect`.
 #[derive(Debug)]
@@ -55,6 +62,19 @@ impl PleoApi {
     /// The client for `config.api_url`: no redirects followed, connect and read timeouts, the
     /// CAs of `pleo.ca_file` trusted besides the built-in roots.
     pub fn new(config: &PleoConfig) -> anyhow::Result<Self> {
+        Self::with_slots(
+            config,
+            Arc::new(Semaphore::new(config.max_connections.max(1))),
+        )
+    }
+
+    /// The same API behind a pool of its own (for one worker runtime, see
+    /// [`crate::state::AppState::with_own_pools`]), sharing this client's connection limit.
+    pub fn with_own_pool(&self, config: &PleoConfig) -> anyhow::Result<Self> {
+        Self::with_slots(config, Arc::clone(&self.slots))
+    }
+
+    fn with_slots(config: &PleoConfig, slots: Arc<Semaphore>) -> anyhow::Result<Self> {
         let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
@@ -68,7 +88,27 @@ impl PleoApi {
             client,
             base: config.api_url.as_str().trim_end_matches('/').to_owned(),
             timeout: config.request_timeout,
+            slots,
         })
+    }
+
+    /// A connection slot for one proxied call (`pleo.max_connections`), to hold until its
+    /// response body has been passed on. Each in-flight call holds a connection and about
+    /// 57 KiB with it, so the bound is what keeps a burst of `/pleo` calls within the memory
+    /// a replica is given. A call that finds none free within 5 s gets 503 with Retry-After.
+    pub async fn slot(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
+        if let Ok(free) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Ok(free);
+        }
+        match tokio::time::timeout(SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => {
+                tracing::warn!("every connection to Pleo is busy (pleo.max_connections)");
+                Err(GatewayError::PleoUnavailable {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+        }
     }
 
     /// `{api_url}{path}?{query}`. `path` starts with `/` (anything else becomes `/`); the query
@@ -168,7 +208,28 @@ mod tests {
             client: reqwest::Client::new(),
             base: base.trim_end_matches('/').to_owned(),
             timeout: Duration::from_secs(1),
+            slots: Arc::new(Semaphore::new(1)),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_beyond_max_connections_wait_for_a_slot_then_get_503() {
+        let api = api("http://127.0.0.1:9"); // one slot
+        let held = api.slot().await.unwrap();
+        // Nobody frees it: after 5 s of (paused) waiting, 503 with Retry-After.
+        assert!(matches!(
+            api.slot().await,
+            Err(GatewayError::PleoUnavailable { .. })
+        ));
+        // A waiter gets the slot as soon as the call holding it is done.
+        let api = std::sync::Arc::new(api);
+        let waiter = tokio::spawn({
+            let api = std::sync::Arc::clone(&api);
+            async move { api.slot().await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiter.await.unwrap());
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl AppState {
     /// Everything else (sessions, the refresh coordinator, limits) stays shared.
     pub fn with_own_pools(&self) -> anyhow::Result<Self> {
         Ok(Self(Arc::new(Shared {
-            pleo_api: Arc::new(PleoApi::new(&self.config.pleo)?),
+            pleo_api: Arc::new(self.pleo_api.with_own_pool(&self.config.pleo)?),
             upstream: self
                 .upstream
                 .as_ref()

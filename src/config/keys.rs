@@ -38,6 +38,7 @@ pub(super) const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "request_timeout",
             "connect_timeout",
             "ca_file",
+            "max_connections",
             "rate_limit_per_minute",
             "rate_limit_scope",
         ],

@@ -107,6 +107,11 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     line(&mut out, "ca_file", &ca_file(pleo.ca_file.as_ref()));
     line(
         &mut out,
+        "max_connections",
+        &pleo.max_connections.to_string(),
+    );
+    line(
+        &mut out,
         "rate_limit_per_minute",
         &pleo.rate_limit_per_minute.to_string(),
     );

@@ -106,6 +106,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(pleo.connect_timeout, Duration::from_secs(5));
     assert_eq!(pleo.ca_file, None);
     assert_eq!(pleo.rate_limit_per_minute, 500);
+    assert_eq!(pleo.max_connections, 128);
     assert_eq!(pleo.rate_limit_scope, RateLimitScope::Subject);
     assert!(!server.allow_insecure_public_url);
 

@@ -11,6 +11,7 @@ use axum::{
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use secrecy::ExposeSecret;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 use url::Url;
 
@@ -107,10 +108,12 @@ pub async fn forward_to_pleo(
     let bytes = axum::body::to_bytes(body, REPLAYABLE_BODY_LIMIT)
         .await
         .map_err(|_| GatewayError::BadRequest("the request body could not be read".into()))?;
-    let response = send(state, &method, &url, &outgoing, bytes.clone(), &session).await?;
-    if response.status() != reqwest::StatusCode::UNAUTHORIZED {
-        return Ok(into_response(response));
+    let answer = send(state, &method, &url, &outgoing, bytes.clone(), &session).await?;
+    if answer.response.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Ok(into_response(answer));
     }
+    // The rejected answer's connection goes back before the retry takes one.
+    drop(answer);
     // Pleo rejected a token we believed valid (revoked or expired early): refresh once, retry
     // once. If another request already refreshed, the coordinator hands back that token.
     tracing::info!(
@@ -143,14 +146,21 @@ async fn send(
     headers: &HeaderMap,
     body: impl Into<reqwest::Body>,
     session: &Session,
-) -> Result<reqwest::Response, GatewayError> {
+) -> Result<Answer, GatewayError> {
     state.pleo_budget.admit(session).await?;
-    let response = send_now(state, method, url, headers, body, session).await?;
-    if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = response.headers().get(header::RETRY_AFTER);
+    let answer = send_now(state, method, url, headers, body, session).await?;
+    if answer.response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = answer.response.headers().get(header::RETRY_AFTER);
         state.pleo_budget.pleo_refused(session, retry_after).await;
     }
-    Ok(response)
+    Ok(answer)
+}
+
+/// Pleo's response, with the connection slot (`pleo.max_connections`) it holds until its body
+/// has been passed on.
+struct Answer {
+    response: reqwest::Response,
+    slot: OwnedSemaphorePermit,
 }
 
 async fn send_now(
@@ -160,7 +170,8 @@ async fn send_now(
     headers: &HeaderMap,
     body: impl Into<reqwest::Body>,
     session: &Session,
-) -> Result<reqwest::Response, GatewayError> {
+) -> Result<Answer, GatewayError> {
+    let slot = state.pleo_api.slot().await?;
     let call = Call::pleo("api", method);
     let mut headers = headers.clone();
     call.inject(&mut headers);
@@ -184,17 +195,22 @@ async fn send_now(
     });
     match sent {
         Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => Err(GatewayError::BodyTooLarge),
-        Ok(result) => result.map_err(pleo_api::map_error),
+        Ok(result) => result
+            .map(|response| Answer { response, slot })
+            .map_err(pleo_api::map_error),
         Err(_) => Err(GatewayError::PleoTimeout),
     }
 }
 
-fn into_response(upstream: reqwest::Response) -> Response {
+fn into_response(answer: Answer) -> Response {
     // Taken apart rather than copied: the head moves over as it is, the body streams through
-    // (bounded by the client's read timeout between chunks).
-    let (parts, body) = http::Response::from(upstream).into_parts();
+    // (bounded by the client's read timeout between chunks) and holds the connection slot.
+    let (parts, body) = http::Response::from(answer.response).into_parts();
     let headers = headers::from_pleo(parts.headers);
-    let mut response = Response::new(Body::new(body));
+    let mut response = Response::new(Body::new(SlotBody {
+        body,
+        _slot: answer.slot,
+    }));
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
     if !response.headers().contains_key(header::CACHE_CONTROL) {
@@ -204,4 +220,33 @@ fn into_response(upstream: reqwest::Response) -> Response {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
     }
     response
+}
+
+pin_project_lite::pin_project! {
+    /// Pleo's response body, holding its connection slot until it is done.
+    struct SlotBody {
+        #[pin]
+        body: reqwest::Body,
+        _slot: OwnedSemaphorePermit,
+    }
+}
+
+impl hyper::body::Body for SlotBody {
+    type Data = axum::body::Bytes;
+    type Error = reqwest::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }

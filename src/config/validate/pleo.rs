@@ -80,6 +80,12 @@ pub(super) fn pleo(r: &mut Reader) -> Option<PleoConfig> {
     let request_timeout = r.duration("pleo", "request_timeout", DEFAULT_REQUEST_TIMEOUT);
     let connect_timeout = r.duration("pleo", "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
     let ca_file = r.ca_file("pleo");
+    let max_connections = r.value(
+        "pleo",
+        "max_connections",
+        DEFAULT_PLEO_MAX_CONNECTIONS,
+        values::positive_count,
+    );
     let rate_limit_per_minute = r.value(
         "pleo",
         "rate_limit_per_minute",
@@ -115,6 +121,7 @@ pub(super) fn pleo(r: &mut Reader) -> Option<PleoConfig> {
         request_timeout: request_timeout?,
         connect_timeout: connect_timeout?,
         ca_file: ca_file?,
+        max_connections: max_connections?,
         rate_limit_per_minute: rate_limit_per_minute?,
         rate_limit_scope: rate_limit_scope?,
     })
