@@ -338,6 +338,9 @@ fn describe(value: &Value) -> &'static str {
 fn display_key(key: &str) -> String {
     if key.is_empty() {
         "(empty key)".to_owned()
+    } else if key.trim().is_empty() {
+        // A quoted TOML key of spaces would otherwise be named by nothing visible.
+        format!("(blank key {key:?})")
     } else {
         key.to_owned()
     }
@@ -346,6 +349,14 @@ fn display_key(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blank_keys_are_named_visibly() {
+        assert_eq!(display_key(""), "(empty key)");
+        assert_eq!(display_key(" "), r#"(blank key " ")"#);
+        assert_eq!(display_key("\t"), r#"(blank key "\t")"#);
+        assert_eq!(display_key("server"), "server");
+    }
 
     #[test]
     fn lists_split_at_commas_and_spaces() {
