@@ -159,6 +159,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
     // Memory a burst took goes back to the system once it is over (see memory.rs).
     tokio::spawn(pleo_gateway::memory::release_after_bursts(
         pleo_gateway::memory::CHECK_EVERY,
+        pleo_gateway::upstream::POOL_IDLE_TIMEOUT.max(pleo_gateway::pleo_api::POOL_IDLE_TIMEOUT),
     ));
     let workers = workers::worker_count(config_workers);
     let listeners = workers::bind(listen, workers)

@@ -2,8 +2,8 @@
 //!
 //! A burst of connections (a few hundred clients, each with a pooled app or Pleo connection)
 //! costs about 40 KiB per connection in hyper's buffers and channels. When the burst ends the
-//! client connections close, the pooled ones once idle for [`crate::upstream::POOL_IDLE_TIMEOUT`]
-//! (the app) or [`crate::pleo_api::POOL_IDLE_TIMEOUT`] (Pleo), and the memory returns to
+//! client connections close, the pooled ones once idle for their pool's idle timeout (the
+//! caller passes the longest), and the memory returns to
 //! glibc's free lists — but not to the system: freed chunks scattered through the
 //! heap keep their pages resident, and the process stayed at its peak for good (about 44 MiB
 //! after a c256 benchmark, against 15 MiB at start). glibc's `malloc_trim` hands every wholly
@@ -30,10 +30,9 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// Runs for ever: once requests stop (a whole period without one after some were served), and
 /// again when the pools' idle connections have timed out, returns free heap pages to the
 /// system.
-pub async fn release_after_bursts(every: Duration) {
+pub async fn release_after_bursts(every: Duration, pools_idle: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let pools_idle = crate::upstream::POOL_IDLE_TIMEOUT.max(crate::pleo_api::POOL_IDLE_TIMEOUT);
     let mut quiet = Quiet {
         again_after: u32::try_from(pools_idle.as_millis() / every.as_millis().max(1))
             .unwrap_or(u32::MAX)

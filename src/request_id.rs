@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName};
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Drops an inbound `X-Request-Id` unless the peer is a trusted proxy and the id is a plain
-/// token (see [`is_plain_request_id`]); the gateway then assigns its own ([`crate::edge`]). A
+/// token (see [`is_plain_request_id`]); the gateway then assigns its own (`edge.rs`). A
 /// client-chosen id would end up in the app's logs and file names. The W3C trace context
 /// (`traceparent`, `tracestate`) is believed on the same terms: from a trusted proxy the
 /// gateway's trace continues it, from anyone else it is dropped and a new trace starts.

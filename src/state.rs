@@ -162,7 +162,7 @@ impl AppState {
     }
 
     /// The same state with connection pools of its own to Pleo's API and to the app, for one
-    /// worker runtime ([`crate::workers`]): a pooled connection's task lives on the runtime
+    /// worker runtime (`workers.rs`): a pooled connection's task lives on the runtime
     /// that opened it, so a shared pool would hand every request's I/O to another thread.
     /// Everything else (sessions, the refresh coordinator, limits) stays shared.
     pub fn with_own_pools(&self) -> anyhow::Result<Self> {

@@ -106,7 +106,7 @@ impl UpstreamClient {
     }
 
     /// The same app behind a pool of its own, sharing this client's connection limit: each
-    /// worker runtime ([`crate::workers`]) keeps its app connections to itself, so a request
+    /// worker runtime (`workers.rs`) keeps its app connections to itself, so a request
     /// and its app connection are served by the same thread.
     pub fn with_own_pool(&self) -> Self {
         Self {

@@ -44,12 +44,7 @@ pub fn worker_count(configured: usize) -> usize {
 /// the port when `address` has port 0.
 pub fn bind(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let address = {
-        let probe = socket2::Socket::new(
-            socket2::Domain::for_address(address),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        probe.set_reuse_address(true)?;
+        let probe = tcp_socket(address)?;
         probe.bind(&address.into())?;
         probe
             .local_addr()?
@@ -58,12 +53,7 @@ pub fn bind(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::
     };
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(address),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
+        let socket = tcp_socket(address)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&address.into())?;
@@ -71,6 +61,18 @@ pub fn bind(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::
         listeners.push(socket.into());
     }
     Ok(listeners)
+}
+
+/// A TCP socket for `address`'s family with `SO_REUSEADDR` (a restart may bind while the old
+/// process's connections linger in TIME_WAIT).
+fn tcp_socket(address: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    Ok(socket)
 }
 
 /// Serves one worker per listener, each on its own thread and single-threaded runtime, with

@@ -33,7 +33,7 @@ fn prefers_html(accept: &str) -> bool {
 
 /// For a navigation ([`is_navigation`], decided on the request): an error response's JSON body
 /// becomes a small HTML page carrying the same message, so a person sees a readable page
-/// instead of raw JSON. Other responses pass unchanged. Applied by [`crate::edge`].
+/// instead of raw JSON. Other responses pass unchanged. Applied by the edge layer (`edge.rs`).
 pub fn render_error_page(response: Response) -> Response {
     let Some(body) = response.extensions().get::<ErrorBody>().cloned() else {
         return response;

@@ -6,7 +6,7 @@
 //! a client can vary would grow memory without bound. Recording is a few atomic operations and
 //! one lookup per family; nothing here allocates on a request unless a status code is unusual.
 
-use std::{cell::RefCell, collections::HashMap, sync::OnceLock, time::Duration};
+use std::{sync::OnceLock, time::Duration};
 
 use metrics::{
     Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
@@ -14,38 +14,20 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use super::process;
+use super::{process, series::SeriesKey};
 
 /// The installed recorder's handle ([`metrics_handle`]).
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// A series recorded on every request: its family and labels (the status kept as a number).
-type SeriesKey = (&'static str, &'static str, &'static str, u16);
-
-thread_local! {
-    /// The counter and histogram handles of the per-request series, per thread: building a
-    /// `metrics` key allocates its label list and the recorder then hashes it and takes a lock
-    /// to find the series, on every request and every call. Each worker thread resolves a
-    /// series once. Bounded by the label sets, which are fixed (see the module documentation).
-    static SERIES: RefCell<HashMap<SeriesKey, (Counter, Histogram)>> = RefCell::new(HashMap::new());
-}
-
-/// Records into a per-request series through the thread's cached handles (see [`SERIES`]);
-/// before a recorder is installed, through fresh handles (a cached no-op handle would stay one).
+/// Records into a per-request series through the thread's cached handles
+/// ([`super::series`]); before a recorder is installed, through fresh handles (a cached no-op
+/// handle would stay one).
 fn with_series(
     key: SeriesKey,
     make: impl FnOnce() -> (Counter, Histogram),
     record: impl FnOnce(&Counter, &Histogram),
 ) {
-    if HANDLE.get().is_none() {
-        let (counter, histogram) = make();
-        record(&counter, &histogram);
-        return;
-    }
-    SERIES.with_borrow_mut(|series| {
-        let (counter, histogram) = series.entry(key).or_insert_with(make);
-        record(counter, histogram);
-    });
+    super::series::record(HANDLE.get().is_some(), key, make, record);
 }
 
 pub(super) const HTTP_REQUESTS: &str = "pleo_gateway_http_requests_total";

@@ -12,6 +12,7 @@ pub mod calls;
 pub mod metrics;
 pub mod otel;
 mod process;
+mod series;
 
 use std::time::Duration;
 
