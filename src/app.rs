@@ -13,7 +13,7 @@ use axum::{
     response::IntoResponse,
     routing::{any, get, post},
 };
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::ServiceBuilder;
 
 use crate::{
     auth,
@@ -21,7 +21,7 @@ use crate::{
     error::GatewayError,
     proxy,
     readiness::Phase,
-    telemetry::access_log::{self, AccessLog},
+    telemetry::access_log::{self, AccessLog, ObserveLayer},
 };
 
 /// The router with the whole middleware stack. Separate from serving so tests can drive it
@@ -73,23 +73,24 @@ pub fn app(state: AppState) -> Router {
         router.fallback(not_found)
     };
     let trusted_proxies = state.config.server.trusted_proxies.clone();
-    router
+    let router = router
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        // Panics become 500s instead of dropped connections (and are logged and counted like
-        // any other answer).
-        .layer(CatchPanicLayer::new())
-        // The request's span (its id on every log line), metrics and access-log line. Neither
-        // names the path or query: the query of /auth/callback carries the authorisation code
-        // and state, which must not reach a log line.
-        .layer(middleware::from_fn_with_state(
-            access_log,
-            access_log::observe,
-        ))
+        .with_state(state);
+    // The stack wraps the router once, as one service, instead of each route through
+    // `Router::layer` (which boxes every route's stack and clones it into a fresh box on each
+    // request). The outer Router only keeps the type callers serve.
+    let stack = ServiceBuilder::new()
         // Outermost: request ids (an inbound one only from a trusted proxy) exist before the
         // request's span starts, and secrets are marked sensitive before anything could log
         // headers; on the way out, the id and HTML error pages.
         .layer(EdgeLayer::new(trusted_proxies))
+        // The request's span (its id on every log line), metrics and access-log line, and
+        // panics turned into 500s instead of dropped connections. Neither the span nor the line
+        // names the path or query: the query of /auth/callback carries the authorisation code
+        // and state, which must not reach a log line.
+        .layer(ObserveLayer(access_log))
+        .service(router);
+    Router::new().fallback_service(stack)
 }
 
 async fn not_found() -> GatewayError {

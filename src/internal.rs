@@ -27,7 +27,6 @@ use axum::{
     routing::{any, get},
 };
 use tower_http::{
-    catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     sensitive_headers::SetSensitiveHeadersLayer,
 };
@@ -40,7 +39,7 @@ use crate::{
     proxy::forward_to_pleo,
     session::{Session, SessionKey, now_ms},
     state::AppState,
-    telemetry::access_log::{self, AccessLog},
+    telemetry::access_log::{self, AccessLog, ObserveLayer},
     token::RefreshError,
 };
 
@@ -57,15 +56,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(access_log::label_route))
         .with_state(state)
-        .layer(CatchPanicLayer::new())
+        // The same request span, metrics and access line as the main listener (and panics
+        // caught); the route labels say which listener and which credential
+        // (`internal_assertion`, `internal_background`), so the two listeners' series never mix.
+        .layer(ObserveLayer(access_log))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        // The same request span, metrics and access line as the main listener; the route
-        // labels say which listener and which credential (`internal_assertion`,
-        // `internal_background`), so the two listeners' series never mix.
-        .layer(middleware::from_fn_with_state(
-            access_log,
-            access_log::observe,
-        ))
         // Both credentials this listener takes are bearer secrets.
         .layer(SetSensitiveHeadersLayer::new([
             header::AUTHORIZATION,
