@@ -27,6 +27,8 @@
 //! everything below it, but not `/static` itself and not `/static-evil`; `/favicon*` is a
 //! plain string prefix and matches `/favicon-32.png`. Matching is case-sensitive.
 
+use std::borrow::Cow;
+
 /// Whether a request needs a session, from its path alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathAccess {
@@ -37,13 +39,13 @@ pub enum PathAccess {
 }
 
 /// Decides whether `raw` (a request path, optionally with query) may skip the session.
-/// `None` when the path is invalid (answer 400).
+/// `None` when the path is invalid (answer 400). It runs on every request to the app, so a
+/// path that needs no decoding and is already in normal form costs no allocation.
 pub fn path_access(raw: &str, patterns: &[String]) -> Option<PathAccess> {
     let decoded = decode(raw)?;
-    let normalized = resolve(&decoded);
-    // Only a path whose structure normalisation left alone is read the same way by every
-    // server; anything it had to rewrite is ambiguous and stays behind the session.
-    let public = normalized == decoded && is_public(&normalized, patterns);
+    // Only a path whose structure normalisation leaves alone is read the same way by every
+    // server; anything it would rewrite is ambiguous and stays behind the session.
+    let public = is_normal(&decoded) && is_public(&decoded, patterns);
     Some(if public {
         PathAccess::Public
     } else {
@@ -53,20 +55,26 @@ pub fn path_access(raw: &str, patterns: &[String]) -> Option<PathAccess> {
 
 /// The normalised form of a request path: see the module documentation. `None` when invalid.
 pub fn normalize_path(raw: &str) -> Option<String> {
-    decode(raw).map(|decoded| resolve(&decoded))
+    let decoded = decode(raw)?;
+    Some(if is_normal(&decoded) {
+        decoded.into_owned()
+    } else {
+        resolve(&decoded)
+    })
 }
 
 /// Whether a normalised path matches one of `patterns` (exact, or prefix for a trailing `*`).
 /// Paths still holding `;` (raw or `%3B`), `%2F` or `%25` are never public, whatever the
 /// patterns say.
 pub fn is_public(normalized: &str, patterns: &[String]) -> bool {
-    let upper = normalized.to_ascii_uppercase();
+    let escaped = |code: &[u8]| {
+        normalized
+            .as_bytes()
+            .windows(code.len())
+            .any(|w| w.eq_ignore_ascii_case(code))
+    };
     // `%3B` too: servers that decode before splitting `;params` read it as the raw one.
-    if upper.contains(';')
-        || upper.contains("%3B")
-        || upper.contains("%2F")
-        || upper.contains("%25")
-    {
+    if normalized.contains(';') || escaped(b"%3B") || escaped(b"%2F") || escaped(b"%25") {
         return false;
     }
     patterns
@@ -87,11 +95,18 @@ pub fn has_dot_segment(path: &str) -> bool {
         })
 }
 
-/// Step 1: cut query and fragment, validate, decode unreserved and UTF-8 escapes once.
-fn decode(raw: &str) -> Option<String> {
+/// Step 1: cut query and fragment, validate, decode unreserved and UTF-8 escapes once. A path
+/// of plain ASCII without escapes is its own decoding and is borrowed.
+fn decode(raw: &str) -> Option<Cow<'_, str>> {
     let path = raw.split(['?', '#']).next().unwrap_or_default();
     if !path.starts_with('/') {
         return None;
+    }
+    if path
+        .bytes()
+        .all(|b| b.is_ascii() && b != b'%' && !is_forbidden(b))
+    {
+        return Some(Cow::Borrowed(path));
     }
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -121,7 +136,21 @@ fn decode(raw: &str) -> Option<String> {
     }
     let text = String::from_utf8(out).ok()?;
     // C1 controls (U+0080–U+009F) and the like arrive as valid UTF-8; refuse them too.
-    (!text.chars().any(char::is_control)).then_some(text)
+    (!text.chars().any(char::is_control)).then_some(Cow::Owned(text))
+}
+
+/// Whether [`resolve`] would leave `decoded` as it is: no `.` or `..` segment, and no empty
+/// segment but the last (a trailing slash, or the root).
+fn is_normal(decoded: &str) -> bool {
+    let rest = decoded.strip_prefix('/').unwrap_or(decoded);
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Step 2: resolve `.`/`..` as RFC 3986 §5.2.4 does (empty segments count), then merge the
@@ -410,6 +439,20 @@ mod tests {
                     prop_assert!(segment != "." && segment != "..", "{normalized}");
                 }
                 prop_assert_eq!(normalize_path(&normalized), Some(normalized.clone()));
+            }
+        }
+
+        #[test]
+        fn the_shortcuts_agree_with_the_full_algorithm(raw in "/[a-z./%2eE;~\\\x01\u{e9}]{0,24}") {
+            // A path in normal form is exactly one that resolving leaves unchanged.
+            prop_assert_eq!(is_normal(&raw), resolve(&raw) == raw, "{}", raw);
+            // A borrowed decoding happens only without escapes, and is the path itself.
+            if let Some(Cow::Borrowed(path)) = decode(&raw) {
+                prop_assert!(!raw.contains('%'));
+                prop_assert_eq!(path, raw.as_str());
+            }
+            if let Some(decoded) = decode(&raw) {
+                prop_assert_eq!(is_normal(&decoded), resolve(&decoded) == decoded);
             }
         }
     }
