@@ -19,7 +19,7 @@ pub mod redis_store;
 pub mod seal;
 pub mod store;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -101,8 +101,9 @@ pub struct Session {
     pub version: u64,
     /// Unix ms when the session ends regardless of activity.
     pub absolute_deadline_ms: u64,
-    /// Contents.
-    pub data: SessionData,
+    /// Contents, shared: every request served from the cache takes a copy of its session, and
+    /// a copy of the tokens, subject and scopes would cost an allocation each.
+    pub data: Arc<SessionData>,
 }
 
 /// Typed access to sessions.
@@ -280,7 +281,7 @@ impl Sessions {
             key,
             version: stored.version,
             absolute_deadline_ms: stored.absolute_deadline_ms,
-            data,
+            data: Arc::new(data),
         })
     }
 
@@ -300,7 +301,7 @@ impl Sessions {
             key,
             version: 1,
             absolute_deadline_ms: deadline,
-            data,
+            data: Arc::new(data),
         };
         self.cache.put(&session);
         Ok((id, session))
@@ -344,7 +345,7 @@ impl Sessions {
             && let Some(mut cached) = self.cache.any(key)
         {
             cached.version = version;
-            cached.data = data.clone();
+            cached.data = Arc::new(data.clone());
             self.cache.put(&cached);
         }
         Ok(outcome)

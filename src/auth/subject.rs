@@ -44,9 +44,10 @@ pub async fn require_subject(state: &AppState, session: Session) -> Result<Sessi
     };
     state.subject_retries.succeeded(&key);
     let mut updated = session.clone();
-    updated.data.subject = Some(who.subject);
+    let data = std::sync::Arc::make_mut(&mut updated.data);
+    data.subject = Some(who.subject);
     if !who.scopes.is_empty() {
-        updated.data.scopes = who.scopes;
+        data.scopes = who.scopes;
     }
     match state
         .sessions

@@ -41,7 +41,7 @@ fn session(subject: Option<&str>) -> Session {
         key: SessionHasher::new(&session_keys()).current("id"),
         version: 1,
         absolute_deadline_ms: NOW_MS + 1_000_000,
-        data: SessionData {
+        data: std::sync::Arc::new(SessionData {
             access_token: SecretString::from("at"),
             refresh_token: Some(SecretString::from("rt")),
             access_expires_at_ms: NOW_MS + 900_000,
@@ -49,7 +49,7 @@ fn session(subject: Option<&str>) -> Session {
             subject: subject.map(str::to_owned),
             scopes: vec!["users:read".into(), "export-jobs:read".into()],
             created_at_ms: NOW_MS,
-        },
+        }),
     }
 }
 
@@ -244,7 +244,7 @@ fn an_assertion_is_reused_briefly_for_the_same_session_only() {
     assert_eq!(claims["iat"], (NOW_MS + 15_000) / 1000);
 
     let mut rescoped = s.clone();
-    rescoped.data.scopes = vec!["users:read".into()];
+    std::sync::Arc::make_mut(&mut rescoped.data).scopes = vec!["users:read".into()];
     let other_scopes = identity.header_value(&rescoped, NOW_MS + 15_001).unwrap();
     assert_ne!(other_scopes, later);
     assert_eq!(

@@ -54,26 +54,49 @@ pub fn random_token() -> String {
 }
 
 /// The hashed form of a session id (or login state) as used in store keys. Safe to log.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SessionKey(String);
+///
+/// The 64 hex digits are kept inline rather than in a `String`: a key is computed, compared
+/// and copied on every request, and none of that should allocate.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey([u8; KEY_LEN]);
+
+/// Hex digits of a SHA-256 digest.
+const KEY_LEN: usize = 64;
 
 impl SessionKey {
     /// The hex digest.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ever built from ASCII hex digits (`hex_digest`, `parse`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
     /// A key the gateway wrote somewhere and reads back (a session reference, a background
     /// slot): exactly the 64 lower-case hex digits it computes, or nothing.
     pub fn parse(text: &str) -> Option<Self> {
-        let well_formed = text.len() == 64
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        well_formed.then(|| Self(text.to_owned()))
+        let digits: [u8; KEY_LEN] = text.as_bytes().try_into().ok()?;
+        digits
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            .then_some(Self(digits))
+    }
+    /// The key of a SHA-256 digest (an HMAC of a session id, a hash of a login state).
+    pub(crate) fn from_digest(digest: &[u8; 32]) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; KEY_LEN];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(digest) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        Self(out)
     }
     /// A short prefix for log lines and metrics labels: enough to correlate, useless to attack.
     pub fn short(&self) -> &str {
-        &self.0[..12.min(self.0.len())]
+        &self.as_str()[..12]
+    }
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SessionKey").field(&self.as_str()).finish()
     }
 }
 
@@ -124,7 +147,7 @@ impl SessionHasher {
     fn with_key(&self, index: usize, id: &str) -> SessionKey {
         let mut mac = self.keys[index].clone();
         mac.update(id.as_bytes());
-        SessionKey(hex(&mac.finalize().into_bytes()))
+        SessionKey::from_digest(&mac.finalize().into_bytes().into())
     }
 }
 

@@ -150,7 +150,7 @@ mod tests {
             key,
             version: 1,
             absolute_deadline_ms: 0,
-            data: SessionData {
+            data: std::sync::Arc::new(SessionData {
                 access_token: SecretString::from("pleo-access-token"),
                 refresh_token: Some(SecretString::from("pleo-refresh-token")),
                 access_expires_at_ms: 0,
@@ -158,7 +158,7 @@ mod tests {
                 subject: Some("urn:pleo:company:42".into()),
                 scopes: vec!["users:read".into(), "export-jobs:read".into()],
                 created_at_ms: 0,
-            },
+            }),
         }
     }
 

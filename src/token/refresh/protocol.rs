@@ -183,7 +183,11 @@ impl RefreshCoordinator {
             .await
         {
             Ok(tokens) => {
-                let data = merged(current.data.clone(), tokens, self.clock.now_ms());
+                let data = merged(
+                    SessionData::clone(&current.data),
+                    tokens,
+                    self.clock.now_ms(),
+                );
                 let stored = self
                     .store_refreshed(key, current, data, refresh_token.expose_secret(), owner)
                     .instrument(tracing::debug_span!("refresh.store_write"))
@@ -302,7 +306,7 @@ impl RefreshCoordinator {
                         key: key.clone(),
                         version,
                         absolute_deadline_ms: base.absolute_deadline_ms,
-                        data,
+                        data: std::sync::Arc::new(data),
                     });
                 }
                 CasOutcome::Missing => return Err(RefreshError::Gone),

@@ -344,7 +344,7 @@ async fn each_way_out_of_the_protocol_names_its_outcome() {
     // A session without a refresh token ends.
     let h = Harness::new();
     let session = h.due_session().await;
-    let mut data = session.data.clone();
+    let mut data = SessionData::clone(&session.data);
     data.refresh_token = None;
     h.other
         .replace(&session.key, session.version, &data)
