@@ -19,6 +19,7 @@ pub mod error;
 pub mod forwarded;
 pub mod grants;
 pub mod healthcheck;
+pub mod http_client;
 pub mod identity;
 pub mod internal;
 pub mod memory;

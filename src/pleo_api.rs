@@ -2,10 +2,18 @@
 //! bearer token, maps failures to responses, asks Pleo who a token belongs to
 //! (`GET /v1/introspect`) and deletes the installation (`DELETE /v1/installations/me`).
 //!
-//! Built once at start-up (a pooled client); both the Pleo proxy and the `/auth/*` routes use it.
+//! Built once at start-up, then once more per worker runtime. The proxied calls, one per
+//! `{pleo_prefix}/…` request, go through a bare hyper pool ([`crate::http_client`], like the
+//! app's): the request and response heads pass as they are, without the URL parsing and header
+//! conversions of a general-purpose client. The gateway's own few calls (introspection, the
+//! installation) keep reqwest for its JSON handling.
 
 use std::{sync::Arc, time::Duration};
 
+use axum::body::Body;
+use http::{HeaderValue, Uri, header};
+use http_body_util::LengthLimitError;
+use hyper::body::Incoming;
 use reqwest::Method;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -14,14 +22,20 @@ use url::Url;
 
 use crate::{
     config::PleoConfig,
-    error::GatewayError,
+    error::{GatewayError, caused_by},
+    http_client::{self, Pool},
     telemetry::{Call, CallResult},
 };
 
-/// The pooled client for `pleo.api_url`.
+/// The pooled clients for `pleo.api_url`.
 #[derive(Debug)]
 pub struct PleoApi {
+    /// The gateway's own calls.
     client: reqwest::Client,
+    /// Proxied calls.
+    pool: Pool,
+    /// Sent when the caller sent no `User-Agent` of its own.
+    user_agent: HeaderValue,
     /// `api_url` without a trailing slash, so paths starting with `/` can be appended.
     base: String,
     timeout: Duration,
@@ -29,6 +43,9 @@ pub struct PleoApi {
     /// worker's client.
     slots: Arc<Semaphore>,
 }
+
+/// What the gateway calls itself towards Pleo.
+const USER_AGENT: &str = concat!("pleo-gateway/", env!("CARGO_PKG_VERSION"));
 
 /// Longest wait for a free connection to Pleo (`pleo.max_connections`) before 503.
 const SLOT_WAIT: Duration = Duration::from_secs(5);
@@ -82,10 +99,13 @@ impl PleoApi {
             // Long enough to spare a TLS handshake between calls of one page, short enough
             // that a burst's connections (about 40 KiB each) do not outstay it for long.
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .user_agent(concat!("pleo-gateway/", env!("CARGO_PKG_VERSION")));
+            .user_agent(USER_AGENT);
         let client = crate::tls::trust_in_reqwest(builder, config.ca_file.as_ref())?.build()?;
+        let connector = http_client::connector(config.connect_timeout, config.ca_file.as_ref())?;
         Ok(Self {
             client,
+            pool: http_client::pool(connector, POOL_IDLE_TIMEOUT, config.max_connections),
+            user_agent: HeaderValue::from_static(USER_AGENT),
             base: config.api_url.as_str().trim_end_matches('/').to_owned(),
             timeout: config.request_timeout,
             slots,
@@ -119,6 +139,44 @@ impl PleoApi {
             .map_err(|_| GatewayError::BadRequest("the Pleo API path is not valid".into()))?;
         url.set_query(query);
         Ok(url)
+    }
+
+    /// The request URI of a proxied call: `{api_url}{path}?{query}`, with `path` (what followed
+    /// the prefix, starting with `/`) and the query as received.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+        let path = if path.starts_with('/') { path } else { "/" };
+        let mut uri =
+            String::with_capacity(self.base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        uri.push_str(&self.base);
+        uri.push_str(path);
+        if let Some(query) = query {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        Uri::try_from(uri)
+            .map_err(|_| GatewayError::BadRequest("the Pleo API path is not valid".into()))
+    }
+
+    /// Sends one proxied call with `access_token` as the bearer (and the gateway's
+    /// `User-Agent` if the caller sent none) and waits for the response head. The caller bounds
+    /// the wait ([`timeout`](Self::timeout)) and classifies a failure ([`map_proxy_error`]).
+    pub async fn forward(
+        &self,
+        mut request: http::Request<Body>,
+        access_token: &str,
+    ) -> Result<http::Response<Incoming>, GatewayError> {
+        let mut bearer = HeaderValue::try_from(format!("Bearer {access_token}"))
+            .map_err(|_| GatewayError::Internal("the access token is not a header value".into()))?;
+        bearer.set_sensitive(true);
+        let headers = request.headers_mut();
+        headers.insert(header::AUTHORIZATION, bearer);
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, self.user_agent.clone());
+        }
+        self.pool
+            .request(request)
+            .await
+            .map_err(|e| map_proxy_error(&e))
     }
 
     /// A request with `access_token` as the bearer; the caller adds headers and body.
@@ -187,6 +245,28 @@ impl PleoApi {
     }
 }
 
+/// Classifies a proxied call's failure: the caller's own body over the limit is 413, a connect
+/// timeout 504, everything else 502.
+pub fn map_proxy_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
+    if caused_by::<LengthLimitError>(error) {
+        return GatewayError::BodyTooLarge;
+    }
+    let timed_out = error.is_connect()
+        && std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        });
+    if timed_out {
+        return GatewayError::PleoTimeout;
+    }
+    let hint = crate::tls::is_untrusted_certificate(error).then_some(crate::tls::UNTRUSTED_HINT);
+    tracing::warn!(error = %crate::error::chain(error), hint, "Pleo API request failed");
+    GatewayError::PleoUnreachable
+}
+
 /// Classifies an outbound failure: timeouts are 504, everything else 502.
 pub fn map_error(error: reqwest::Error) -> GatewayError {
     if error.is_timeout() {
@@ -204,8 +284,11 @@ mod tests {
     use super::*;
 
     fn api(base: &str) -> PleoApi {
+        let connector = http_client::connector(Duration::from_secs(1), None).unwrap();
         PleoApi {
             client: reqwest::Client::new(),
+            pool: http_client::pool(connector, POOL_IDLE_TIMEOUT, 1),
+            user_agent: HeaderValue::from_static(USER_AGENT),
             base: base.trim_end_matches('/').to_owned(),
             timeout: Duration::from_secs(1),
             slots: Arc::new(Semaphore::new(1)),
@@ -230,6 +313,23 @@ mod tests {
         tokio::task::yield_now().await;
         drop(held);
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn proxied_calls_join_the_same_uris() {
+        let api = api("http://127.0.0.1:9/pleo-api/");
+        for (path, query) in [
+            ("/v2/employees", Some("limit=5&q=a%20b")),
+            ("/v1/introspect", None),
+            ("no-slash", None),
+            ("/v2/x%2Fy", Some("")),
+        ] {
+            assert_eq!(
+                api.uri(path, query).unwrap().to_string(),
+                api.url(path, query).unwrap().as_str(),
+                "{path} {query:?}"
+            );
+        }
     }
 
     #[test]

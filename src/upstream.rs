@@ -12,17 +12,13 @@ use axum::body::{Body, Bytes, HttpBody};
 use http::{Request, Uri};
 use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use url::Url;
 
 use crate::{
     config::CaBundle,
     error::{GatewayError, caused_by},
+    http_client::{self, Connector, Pool},
 };
 
 pub use websockets::WebSocketRegistry;
@@ -42,9 +38,9 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The pooled HTTP/1.1 client for the app, and where the app lives. Built once at start-up.
 #[derive(Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: Pool,
     /// Kept to build another pool with the same settings ([`UpstreamClient::with_own_pool`]).
-    connector: HttpsConnector<HttpConnector>,
+    connector: Connector,
     /// `scheme://host:port` of the app.
     origin: String,
     /// The app's base path without a trailing slash (`""` at the root).
@@ -77,18 +73,7 @@ impl UpstreamClient {
             .host_str()
             .ok_or_else(|| anyhow::anyhow!("proxy.upstream has no host"))?;
         let port = upstream.port_or_known_default().unwrap_or(80);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeout)));
-        connector.set_nodelay(true);
-        connector.enforce_http(false);
-        let connector = match ca_file {
-            None => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
-            Some(bundle) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(crate::tls::client_config(bundle)?),
-        }
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
+        let connector = http_client::connector(CONNECT_TIMEOUT.min(timeout), ca_file)?;
         let client = pool(connector.clone(), max_connections);
         let host = match upstream.host() {
             Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
@@ -170,15 +155,8 @@ impl UpstreamClient {
 }
 
 /// A pooled HTTP/1.1 client keeping up to `max_idle` idle connections to the app.
-fn pool(
-    connector: HttpsConnector<HttpConnector>,
-    max_idle: usize,
-) -> Client<HttpsConnector<HttpConnector>, Body> {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(max_idle)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+fn pool(connector: Connector, max_idle: usize) -> Pool {
+    http_client::pool(connector, POOL_IDLE_TIMEOUT, max_idle)
 }
 
 fn with_slot(

@@ -3,17 +3,24 @@
 //! internal listener, which finds the session its own way and then shares
 //! [`forward_to_pleo`].
 
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
 use axum::{
-    body::Body,
+    body::{Body, Bytes},
     extract::{Request, State},
-    http::{HeaderMap, HeaderValue, Method, header, request::Parts},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header, request::Parts},
     response::Response,
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::Limited;
+use hyper::body::{Frame, Incoming, SizeHint};
 use secrecy::ExposeSecret;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::Instrument;
-use url::Url;
 
 use super::headers;
 use crate::{
@@ -21,8 +28,7 @@ use crate::{
         csrf::{is_unsafe, require_csrf_header},
         guard::{fresh_session, refresh_error, require_session},
     },
-    error::{GatewayError, caused_by},
-    pleo_api,
+    error::GatewayError,
     session::{Session, SessionKey},
     state::AppState,
     telemetry::{Call, CallResult},
@@ -78,7 +84,7 @@ pub async fn forward_to_pleo(
             "the Pleo API path must not contain `.` or `..` segments".into(),
         ));
     }
-    let url = state.pleo_api.url(path, parts.uri.query())?;
+    let uri = state.pleo_api.uri(path, parts.uri.query())?;
     let content_length = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -100,16 +106,19 @@ pub async fn forward_to_pleo(
         // A body without a declared length is held to the same limit while it streams: the
         // Content-Length check above cannot see it.
         let limit = usize::try_from(state.config.proxy.max_body_bytes).unwrap_or(usize::MAX);
-        let body = reqwest::Body::wrap_stream(Limited::new(body, limit).into_data_stream());
-        let response = send(state, &method, &url, &outgoing, body, &session).await?;
+        let body = Body::new(Limited::new(body, limit));
+        let response = send(state, &method, &uri, outgoing, body, &session).await?;
         return Ok(into_response(response));
     }
 
     let bytes = axum::body::to_bytes(body, REPLAYABLE_BODY_LIMIT)
         .await
         .map_err(|_| GatewayError::BadRequest("the request body could not be read".into()))?;
-    let answer = send(state, &method, &url, &outgoing, bytes.clone(), &session).await?;
-    if answer.response.status() != reqwest::StatusCode::UNAUTHORIZED {
+    // The headers are kept for the one retry after a 401; the copy is cheap (header values
+    // share the request's buffer).
+    let body = Body::from(bytes.clone());
+    let answer = send(state, &method, &uri, outgoing.clone(), body, &session).await?;
+    if answer.response.status() != StatusCode::UNAUTHORIZED {
         return Ok(into_response(answer));
     }
     // The rejected answer's connection goes back before the retry takes one.
@@ -126,7 +135,7 @@ pub async fn forward_to_pleo(
         .refresh_after_rejection(session.key.clone(), rejected)
         .await
         .map_err(|e| on_refresh_error(&session.key, e))?;
-    let response = send(state, &method, &url, &outgoing, bytes, &session).await?;
+    let response = send(state, &method, &uri, outgoing, Body::from(bytes), &session).await?;
     Ok(into_response(response))
 }
 
@@ -142,14 +151,14 @@ fn method_has_no_body(method: &Method) -> bool {
 async fn send(
     state: &AppState,
     method: &Method,
-    url: &Url,
-    headers: &HeaderMap,
-    body: impl Into<reqwest::Body>,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Body,
     session: &Session,
 ) -> Result<Answer, GatewayError> {
     state.pleo_budget.admit(session).await?;
-    let answer = send_now(state, method, url, headers, body, session).await?;
-    if answer.response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+    let answer = send_now(state, method, uri, headers, body, session).await?;
+    if answer.response.status() == StatusCode::TOO_MANY_REQUESTS {
         let retry_after = answer.response.headers().get(header::RETRY_AFTER);
         state.pleo_budget.pleo_refused(session, retry_after).await;
     }
@@ -159,58 +168,75 @@ async fn send(
 /// Pleo's response, with the connection slot (`pleo.max_connections`) it holds until its body
 /// has been passed on.
 struct Answer {
-    response: reqwest::Response,
+    response: hyper::Response<Incoming>,
     slot: OwnedSemaphorePermit,
+    /// `pleo.request_timeout`: the longest pause in the body.
+    quiet_limit: Duration,
 }
 
 async fn send_now(
     state: &AppState,
     method: &Method,
-    url: &Url,
-    headers: &HeaderMap,
-    body: impl Into<reqwest::Body>,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Body,
     session: &Session,
 ) -> Result<Answer, GatewayError> {
     let slot = state.pleo_api.slot().await?;
     let call = Call::pleo("api", method);
-    let mut headers = headers.clone();
-    call.inject(&mut headers);
-    let request = state
-        .pleo_api
-        .request(
-            method.clone(),
-            url.clone(),
-            session.data.access_token.expose_secret(),
-        )
-        .headers(headers)
-        .body(body);
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers;
+    call.inject(request.headers_mut());
+    let token = session.data.access_token.expose_secret();
     // The whole exchange up to the response head is bounded; the body then streams, bounded by
-    // the client's read timeout between chunks.
-    let sent = tokio::time::timeout(state.pleo_api.timeout(), request.send())
-        .instrument(call.span())
-        .await;
-    call.finish(match &sent {
-        Ok(result) => CallResult::of(result),
-        Err(_) => CallResult::Timeout,
-    });
+    // `pleo.request_timeout` between chunks (`SlotBody`).
+    let sent = tokio::time::timeout(
+        state.pleo_api.timeout(),
+        state.pleo_api.forward(request, token),
+    )
+    .instrument(call.span())
+    .await;
     match sent {
-        Ok(Err(e)) if caused_by::<LengthLimitError>(&e) => Err(GatewayError::BodyTooLarge),
-        Ok(result) => result
-            .map(|response| Answer { response, slot })
-            .map_err(pleo_api::map_error),
-        Err(_) => Err(GatewayError::PleoTimeout),
+        Ok(Ok(response)) => {
+            call.finish(CallResult::Status(response.status().as_u16()));
+            Ok(Answer {
+                response,
+                slot,
+                quiet_limit: state.pleo_api.timeout(),
+            })
+        }
+        // The caller's own body: not Pleo's doing, not counted against it.
+        Ok(Err(GatewayError::BodyTooLarge)) => {
+            call.abandon();
+            Err(GatewayError::BodyTooLarge)
+        }
+        Ok(Err(error)) => {
+            call.finish(if matches!(error, GatewayError::PleoTimeout) {
+                CallResult::Timeout
+            } else {
+                CallResult::Error
+            });
+            Err(error)
+        }
+        Err(_) => {
+            call.finish(CallResult::Timeout);
+            Err(GatewayError::PleoTimeout)
+        }
     }
 }
 
 fn into_response(answer: Answer) -> Response {
     // Taken apart rather than copied: the head moves over as it is, the body streams through
-    // (bounded by the client's read timeout between chunks) and holds the connection slot.
-    let (parts, body) = http::Response::from(answer.response).into_parts();
+    // and holds the connection slot.
+    let (parts, body) = answer.response.into_parts();
     let headers = headers::from_pleo(parts.headers);
-    let mut response = Response::new(Body::new(SlotBody {
+    let mut response = Response::new(Body::new(SlotBody::new(
         body,
-        _slot: answer.slot,
-    }));
+        answer.slot,
+        answer.quiet_limit,
+    )));
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
     if !response.headers().contains_key(header::CACHE_CONTROL) {
@@ -222,31 +248,157 @@ fn into_response(answer: Answer) -> Response {
     response
 }
 
+/// Pleo went quiet in the middle of a response body for longer than `pleo.request_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("Pleo sent no part of the response body for longer than pleo.request_timeout")]
+struct BodyStalled;
+
 pin_project_lite::pin_project! {
-    /// Pleo's response body, holding its connection slot until it is done.
+    /// Pleo's response body, holding its connection slot until it is done, and cut off when
+    /// Pleo sends nothing for `pleo.request_timeout`.
     struct SlotBody {
         #[pin]
-        body: reqwest::Body,
+        body: Incoming,
+        #[pin]
+        quiet: tokio::time::Sleep,
+        quiet_limit: Duration,
         _slot: OwnedSemaphorePermit,
     }
 }
 
+impl SlotBody {
+    fn new(body: Incoming, slot: OwnedSemaphorePermit, quiet_limit: Duration) -> Self {
+        Self {
+            body,
+            quiet: tokio::time::sleep(quiet_limit),
+            quiet_limit,
+            _slot: slot,
+        }
+    }
+}
+
 impl hyper::body::Body for SlotBody {
-    type Data = axum::body::Bytes;
-    type Error = reqwest::Error;
+    type Data = Bytes;
+    type Error = axum::BoxError;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        let mut this = self.project();
+        match this.body.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let quiet_limit = *this.quiet_limit;
+                this.quiet.as_mut().reset(Instant::now() + quiet_limit);
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Poll::Pending => match this.quiet.poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::warn!("{BodyStalled}; the response is cut off");
+                    Poll::Ready(Some(Err(BodyStalled.into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
+    fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+        sync::Semaphore,
+    };
+
+    use super::*;
+    use crate::pleo_api::PleoApi;
+
+    /// A Pleo stand-in on a real socket: answers the first request with `head` and `body`, then
+    /// holds the connection open without another byte. Hands back what it received.
+    async fn pleo_once(
+        head: &'static str,
+        body: &'static str,
+    ) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (received, seen) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = socket.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "the client closed before its request head ended");
+                request.extend_from_slice(&buffer[..n]);
+            }
+            let _ = received.send(String::from_utf8_lossy(&request).into_owned());
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(body.as_bytes()).await.unwrap();
+            // Quiet, but connected: only the gateway's limit can end this.
+            let _ = socket.read(&mut buffer).await;
+        });
+        (base, seen)
+    }
+
+    async fn call(base: &str) -> hyper::Response<Incoming> {
+        let config = crate::config::Config::load_with_env(
+            None,
+            &[
+                ("PLEO_GATEWAY__PLEO__API_URL", base),
+                ("PLEO_GATEWAY__PLEO__CLIENT_ID", "id"),
+                ("PLEO_GATEWAY__PLEO__CLIENT_SECRET", "secret"),
+                ("PLEO_GATEWAY__PLEO__SCOPES", "users:read"),
+                ("PLEO_GATEWAY__SESSION__STORE", "memory"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        )
+        .unwrap();
+        let api = PleoApi::new(&config.pleo).unwrap();
+        let mut request = http::Request::new(Body::empty());
+        *request.uri_mut() = api.uri("/v2/employees", Some("limit=1")).unwrap();
+        api.forward(request, "the-access-token").await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_proxied_call_carries_the_bearer_and_a_body_that_goes_quiet_is_cut_off() {
+        let (base, seen) =
+            pleo_once("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", "half!").await;
+        let response = call(&base).await;
+        let request = seen.await.unwrap().to_ascii_lowercase();
+        assert!(
+            request.starts_with("get /v2/employees?limit=1 http/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("authorization: bearer the-access-token\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("user-agent: pleo-gateway/"), "{request}");
+
+        let slots = Arc::new(Semaphore::new(1));
+        let slot = Arc::clone(&slots).try_acquire_owned().unwrap();
+        let body = SlotBody::new(response.into_body(), slot, Duration::from_millis(200));
+        // Without the limit this would wait for ever; the outer bound turns that into a failure.
+        let error = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .expect("the quiet body was not cut off")
+            .unwrap_err();
+        assert!(error.is::<BodyStalled>(), "{error}");
+        // The connection slot went with the body.
+        assert_eq!(slots.available_permits(), 1);
     }
 }

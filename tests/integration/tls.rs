@@ -1,5 +1,5 @@
-//! `pleo.ca_file` and `proxy.ca_file`: the three outbound clients (Pleo's API, Pleo's token
-//! endpoint, the app) against an HTTPS server whose certificate a private CA made by the test
+//! `pleo.ca_file` and `proxy.ca_file`: the outbound clients (Pleo's API for the gateway's own
+//! calls and for proxied ones, Pleo's token endpoint, the app) against an HTTPS server whose certificate a private CA made by the test
 //! signed. Without the CA configured each call fails as an untrusted certificate (and the token
 //! client's error names the keys to set); with it each succeeds.
 
@@ -107,6 +107,17 @@ async fn every_outbound_client_trusts_the_configured_ca_and_only_then() {
         app(&untrusted).send(request(), None).await,
         Err(GatewayError::UpstreamUnreachable)
     ));
+    // A proxied call (`{pleo_prefix}/…`) goes through a pool of its own.
+    let proxied = |api: PleoApi| async move {
+        let uri = api.uri("/v1/introspect", None).unwrap();
+        let mut request = http::Request::new(axum::body::Body::empty());
+        *request.uri_mut() = uri;
+        api.forward(request, "token").await
+    };
+    assert!(matches!(
+        proxied(PleoApi::new(&untrusted.pleo).unwrap()).await,
+        Err(GatewayError::PleoUnreachable)
+    ));
 
     // With the CA in pleo.ca_file and proxy.ca_file: every call succeeds.
     let trusted = config(&base, Some(ca_file.path()));
@@ -123,6 +134,8 @@ async fn every_outbound_client_trusts_the_configured_ca_and_only_then() {
         .unwrap();
     assert_eq!(tokens.expires_in, Some(Duration::from_secs(900)));
     let response = app(&trusted).send(request(), None).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let response = proxied(PleoApi::new(&trusted.pleo).unwrap()).await.unwrap();
     assert_eq!(response.status(), http::StatusCode::OK);
 }
 
