@@ -20,7 +20,9 @@ use crate::{
         cookie::{cookie_pairs, find_cookie},
         id::random_token,
         now_ms,
-        pending_login::{MAX_RETURN_TO_BYTES, PendingLogin, PendingLogins, logins_to_evict},
+        pending_login::{
+            MAX_RETURN_TO_BYTES, PendingLogin, PendingLogins, issue_time, logins_to_evict,
+        },
     },
     state::AppState,
     token::TokenError,
@@ -67,21 +69,8 @@ pub async fn begin_login(
     let authorize = state
         .oauth
         .authorize_url(login_state.clone(), subject_hint.as_deref());
-    let pending = PendingLogin::new(
-        &login_state,
-        authorize.pkce_verifier,
-        sanitize_return_to(return_to),
-        subject_hint,
-        now_ms(),
-        &binding,
-    );
-    let mut response = redirect(authorize.url.as_str());
-    let cookies = response.headers_mut();
-    cookies.append(
-        header::SET_COOKIE,
-        state.cookies.set_binding(&binding, state.logins.ttl()),
-    );
-    // At most MAX_PENDING_LOGINS per browser: the oldest (and any unreadable) give way.
+    // The logins this browser has in progress (at most MAX_PENDING_LOGINS: the oldest, and any
+    // unreadable, give way below).
     let present: Vec<(String, Option<u64>)> = cookie_pairs(&headers)
         .filter_map(|(name, value)| {
             let tag = state.cookies.login_tag(name)?;
@@ -92,6 +81,21 @@ pub async fn begin_login(
             Some((tag.to_owned(), issued))
         })
         .collect();
+    let pending = PendingLogin::new(
+        &login_state,
+        authorize.pkce_verifier,
+        sanitize_return_to(return_to),
+        subject_hint,
+        issue_time(now_ms(), &present),
+        &binding,
+    );
+    let mut response = redirect(authorize.url.as_str());
+    let cookies = response.headers_mut();
+    cookies.append(
+        header::SET_COOKIE,
+        state.cookies.set_binding(&binding, state.logins.ttl()),
+    );
+    // At most MAX_PENDING_LOGINS per browser: the oldest (and any unreadable) give way.
     for tag in logins_to_evict(&present) {
         cookies.append(header::SET_COOKIE, state.cookies.clear_login(&tag));
     }

@@ -159,6 +159,17 @@ impl PendingLogins {
     }
 }
 
+/// The issue time of a new login at `now_ms`: strictly after every login in `present` (as
+/// [`logins_to_evict`] takes them). Tabs that start logins within one millisecond would
+/// otherwise tie, and the newest could give way instead of the oldest.
+pub fn issue_time(now_ms: u64, present: &[(String, Option<u64>)]) -> u64 {
+    present
+        .iter()
+        .filter_map(|(_, issued)| *issued)
+        .max()
+        .map_or(now_ms, |latest| now_ms.max(latest.saturating_add(1)))
+}
+
 /// The tags of the logins a new one must displace so that at most [`MAX_PENDING_LOGINS`]
 /// remain: unreadable or expired ones first, then the oldest. `present` pairs each tag with
 /// its issue time (`None` when the cookie does not open).
@@ -301,5 +312,10 @@ mod tests {
             vec!["a"]
         );
         assert_eq!(logins_to_evict(&present(&[("a", Some(1)); 6])).len(), 4);
+        // Started within one millisecond, a new login still comes after those in progress.
+        let same_ms = present(&[("a", Some(7)), ("b", Some(8)), ("c", Some(8))]);
+        assert_eq!(issue_time(8, &same_ms), 9);
+        assert_eq!(issue_time(20, &same_ms), 20);
+        assert_eq!(issue_time(5, &present(&[("a", None)])), 5);
     }
 }
