@@ -16,7 +16,7 @@
 //!   supplied by the client and are dropped), so an app that naively reads the first entry still
 //!   gets the right address; `X-Real-IP` carries the client alone.
 
-use std::{net::IpAddr, str::FromStr};
+use std::{io::Write, net::IpAddr, str::FromStr};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, uri::Authority};
 use ipnet::IpNet;
@@ -84,7 +84,11 @@ pub fn resolve(
         .unwrap_or(default_proto);
     let host = values(inbound, &X_FORWARDED_HOST)
         .next_back()
-        .or_else(|| inbound.get("host").and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            inbound
+                .get(axum::http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
         .filter(|h| is_plain_authority(h))
         .map(str::to_owned)
         .unwrap_or(default_host);
@@ -107,21 +111,59 @@ pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
     for name in spoofable {
         headers.remove(name);
     }
-    let chain = forwarding
-        .chain
-        .iter()
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut set = |name: HeaderName, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
+    // Written into a buffer on the stack: this runs for every request to the app, and the
+    // usual chain is one address.
+    let mut buffer = [0u8; 256];
+    let chain = write_on_stack(&mut buffer, |out| {
+        for (index, hop) in forwarding.chain.iter().enumerate() {
+            if index > 0 {
+                out.write_all(b", ")?;
+            }
+            write!(out, "{hop}")?;
         }
+        Ok(())
+    });
+    let chain = match chain {
+        Some(text) => HeaderValue::from_bytes(text),
+        None => HeaderValue::try_from(
+            forwarding
+                .chain
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
     };
-    set(X_FORWARDED_FOR, &chain);
-    set(X_FORWARDED_PROTO, &forwarding.proto);
-    set(X_FORWARDED_HOST, &forwarding.host);
-    set(X_REAL_IP, &forwarding.client.to_string());
+    if let Ok(chain) = chain {
+        headers.insert(X_FORWARDED_FOR, chain);
+    }
+    let proto = match forwarding.proto.as_str() {
+        "https" => Ok(HeaderValue::from_static("https")),
+        "http" => Ok(HeaderValue::from_static("http")),
+        other => HeaderValue::from_str(other),
+    };
+    if let Ok(proto) = proto {
+        headers.insert(X_FORWARDED_PROTO, proto);
+    }
+    if let Ok(host) = HeaderValue::from_str(&forwarding.host) {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    let mut buffer = [0u8; 64];
+    let client = write_on_stack(&mut buffer, |out| write!(out, "{}", forwarding.client));
+    if let Some(Ok(client)) = client.map(HeaderValue::from_bytes) {
+        headers.insert(X_REAL_IP, client);
+    }
+}
+
+/// What `write` wrote into `buffer`, or `None` if it did not fit.
+fn write_on_stack(
+    buffer: &mut [u8],
+    write: impl FnOnce(&mut std::io::Cursor<&mut [u8]>) -> std::io::Result<()>,
+) -> Option<&[u8]> {
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    write(&mut cursor).ok()?;
+    let written = usize::try_from(cursor.position()).ok()?;
+    buffer.get(..written)
 }
 
 /// Headers that claim the client's address or rewrite the request's URL or method, which
@@ -328,6 +370,34 @@ mod tests {
             &url(),
         );
         assert_eq!(f.host, "internal.example:8080", "a trusted proxy's Host");
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_stack_buffer_is_written_whole() {
+        let hops: Vec<IpAddr> = (0..12)
+            .map(|i| ip(&format!("2001:db8:ffff:ffff:ffff:ffff:ffff:{i:x}")))
+            .collect();
+        let f = Forwarding {
+            client: hops[0],
+            chain: hops.clone(),
+            proto: "https".into(),
+            host: "app.example.com".into(),
+            peer_trusted: true,
+        };
+        let mut out = HeaderMap::new();
+        apply(&mut out, &f);
+        let expected = hops
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            expected.len() > 256,
+            "the fallback is what this test is for"
+        );
+        assert_eq!(out["x-forwarded-for"], expected.as_str());
+        assert_eq!(out["x-real-ip"], "2001:db8:ffff:ffff:ffff:ffff:ffff:0");
+        assert_eq!(out["x-forwarded-proto"], "https");
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub fn drop_untrusted_ids(headers: &mut HeaderMap, peer_trusted: bool) {
         headers.remove(X_REQUEST_ID);
     }
     if !peer_trusted {
-        headers.remove("traceparent");
-        headers.remove("tracestate");
+        headers.remove(HeaderName::from_static("traceparent"));
+        headers.remove(HeaderName::from_static("tracestate"));
     }
 }
 

@@ -12,7 +12,7 @@
 //!
 //! Pure functions of the headers, so the rules are unit-tested apart from any I/O.
 
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, HeaderName, Method, header};
 use url::Url;
 
 use crate::error::GatewayError;
@@ -46,7 +46,10 @@ pub fn same_origin_or_csrf_header(
     if require_csrf_header(headers).is_ok() {
         return Ok(());
     }
-    let same_origin = match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+    let same_origin = match headers
+        .get(HeaderName::from_static("sec-fetch-site"))
+        .and_then(|v| v.to_str().ok())
+    {
         Some(site) => site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none"),
         None => origin_allowed(headers, public_url),
     };

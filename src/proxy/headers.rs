@@ -8,30 +8,31 @@
 
 use axum::http::{HeaderMap, HeaderName, header};
 
-/// Hop-by-hop headers: meaningful for one connection only, never forwarded.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Hop-by-hop headers: meaningful for one connection only, never forwarded. Names rather than
+/// strings: a lookup by `&str` parses the name again each time, on every request and response.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Headers the gateway owns or that identify the browser to the gateway only.
-const GATEWAY_ONLY: [&str; 9] = [
-    "cookie",
-    "authorization",
-    "host",
-    "x-csrf",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
+const GATEWAY_ONLY: [HeaderName; 9] = [
+    header::COOKIE,
+    header::AUTHORIZATION,
+    header::HOST,
+    HeaderName::from_static("x-csrf"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
 ];
 
 /// Removes hop-by-hop headers, including those listed in `Connection`.
@@ -46,7 +47,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -66,7 +67,7 @@ pub fn is_identity_header(name: &str) -> bool {
 /// The headers of a request as they go to the Pleo API (before the bearer token is added).
 pub fn to_pleo(mut headers: HeaderMap) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
-    for name in GATEWAY_ONLY {
+    for name in &GATEWAY_ONLY {
         headers.remove(name);
     }
     let identity: Vec<HeaderName> = headers

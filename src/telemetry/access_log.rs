@@ -128,7 +128,10 @@ where
     let started = Instant::now();
     let method = method_label(request.method());
     // Kept for the access line: the response gets its copy of the id outside this layer.
-    let request_id_value = request.headers().get("x-request-id").cloned();
+    let request_id_value = request
+        .headers()
+        .get(crate::request_id::X_REQUEST_ID)
+        .cloned();
     let request_id = request_id_value
         .as_ref()
         .and_then(|v| v.to_str().ok())
