@@ -121,9 +121,11 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
                 )
             })?;
         tracing::info!(address = %metrics_addr, "metrics listening");
-        // Histogram samples wait for a scrape; without one they would pile up.
+        // Histogram samples wait, about 8 bytes each, until they are folded into buckets. Every
+        // half second: at 80,000 requests/s every 5 s held 6–7 MiB of samples, most of the peak
+        // RSS a load test saw beyond the connections' own memory.
         tokio::spawn(async {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            let mut tick = tokio::time::interval(telemetry::metrics::UPKEEP_EVERY);
             loop {
                 tick.tick().await;
                 telemetry::metrics::upkeep();

@@ -154,8 +154,12 @@ pub async fn render_metrics() -> impl axum::response::IntoResponse {
     )
 }
 
+/// How often `main` runs [`upkeep`] while metrics are served.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Folds the histogram samples recorded since the last scrape into their buckets. Without a
-/// scrape they would pile up, so `main` runs this every few seconds while metrics are served.
+/// scrape they would pile up, so `main` runs this every [`UPKEEP_EVERY`] while metrics are
+/// served.
 pub fn upkeep() {
     metrics_handle().run_upkeep();
 }
