@@ -16,8 +16,10 @@
 # The gateway runs the release build with the Redis store (a private redis-server), logged in
 # for real against the mock. Cases: small GET at c1, c64, c256 and the 10 MB GET at c4; every
 # round runs every case against every target before the next round starts, and the table shows
-# the median of the rounds. Peak RSS is the kernel's high-water mark (VmHWM, summed over nginx's
-# processes); "idle RSS" is VmRSS a few seconds after the last run.
+# the median of the rounds. A second table gives the CPU time (user + system) each target spent
+# per request, which a shared machine's swings disturb far less than requests/s. Peak RSS is the
+# kernel's high-water mark (VmHWM, summed over nginx's processes); "idle RSS" is VmRSS a few
+# seconds after the last run.
 #
 # Environment:
 #   ROUNDS (3), DURATION (8s), THREADS (2: wrk threads; c1 uses one)
@@ -218,6 +220,15 @@ mem_kib() { # field pid: summed over the process and its children
   done
   echo "$total"
 }
+cpu_ticks() { # user + system CPU time (clock ticks) of the process and its children
+  local total=0 p v
+  for p in $(pids_of "$1"); do
+    # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing parenthesis.
+    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}' || true)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
 rss_log="$work/rss.txt"
 : >"$rss_log"
 for t in "${targets[@]}"; do
@@ -240,8 +251,10 @@ for round in $(seq 1 "$ROUNDS"); do
       IFS='|' read -r name pid small big header <<<"$t"
       url=$small; [ "$kind" = big ] && url=$big
       printf '\rround %s/%s %-6s %-12s' "$round" "$ROUNDS" "$case" "$name" >&2
+      before=$(cpu_ticks "$pid")
       wrk -t"$threads" -c"$conns" -d"$DURATION" --latency ${header:+-H "$header"} "$url" \
         >"$work/wrk/$name.$case.$round.txt" 2>&1 || true
+      echo $(( $(cpu_ticks "$pid") - before )) >"$work/wrk/$name.$case.$round.cpu"
     done
   done
 done
@@ -284,6 +297,14 @@ def parse(path):
     run["non_2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: (.*)", text)
     run["socket_errors"] = m.group(1) if m else ""
+    # CPU time the target spent (user + system, the process and its children) per request.
+    m = re.search(r"(\d+) requests in", text)
+    cpu = path[:-len(".txt")] + ".cpu"
+    if m and int(m.group(1)) and os.path.exists(cpu):
+        seconds = int(open(cpu).read()) / os.sysconf("SC_CLK_TCK")
+        run["cpu_us"] = seconds / int(m.group(1)) * 1e6
+    else:
+        run["cpu_us"] = None
     return run
 
 rss = {}
@@ -300,7 +321,8 @@ for name in names:
         runs = [parse(os.path.join(work, "wrk", f"{name}.{case}.{r}.txt")) for r in range(1, rounds + 1)]
         med = lambda k: statistics.median([r[k] for r in runs if r[k] is not None]) if any(r[k] is not None for r in runs) else None
         entry["cases"][case] = {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
-                                "mb_s": med("mb_s"), "non_2xx": sum(r["non_2xx"] for r in runs),
+                                "mb_s": med("mb_s"), "cpu_us": med("cpu_us"),
+                                "non_2xx": sum(r["non_2xx"] for r in runs),
                                 "socket_errors": [r["socket_errors"] for r in runs if r["socket_errors"]],
                                 "rounds": runs}
     result["targets"][name] = entry
@@ -336,5 +358,18 @@ print("| " + " | ".join(hdr) + " |")
 print("|" + "---|" * len(hdr))
 for row in rows:
     print("| " + " | ".join(row) + " |")
+# CPU per request is steadier than requests/s on a shared machine: it does not depend on how
+# much of the cores wrk and the app left over.
+small = [c for c in ALL_CASES[:3] if c in cases]
+if small:
+    print()
+    print("| target | " + " | ".join(f"{c} CPU µs/request" for c in small) + " |")
+    print("|" + "---|" * (len(small) + 1))
+    for name, entry in result["targets"].items():
+        cells = []
+        for case in small:
+            v = entry["cases"][case]["cpu_us"]
+            cells.append("-" if v is None else f"{v:.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 print(f"JSON: {out}")
 PY
