@@ -39,8 +39,7 @@ use crate::{
     token::RefreshError,
 };
 
-/// Header naming the subject of a background call.
-pub const SUBJECT_HEADER: &str = "x-pleo-subject";
+use crate::identity::SUBJECT_HEADER;
 
 /// Whether `token` is one of the configured service tokens. Every token is compared, each in
 /// constant time over SHA-256 digests (equal lengths), so timing says nothing about how much of

@@ -40,6 +40,10 @@ use reference::SessionReferences;
 /// listener).
 pub const IDENTITY_HEADER: &str = "x-pleo-identity";
 
+/// The subject URN in plain text: to the app and forward-auth callers with every request, and
+/// from the app's server side naming the subject of a background call (internal listener).
+pub const SUBJECT_HEADER: &str = "x-pleo-subject";
+
 /// Clock skew tolerated when checking `exp` and `iat`, between replicas and the app.
 pub const LEEWAY: Duration = Duration::from_secs(5);
 

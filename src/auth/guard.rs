@@ -11,8 +11,7 @@ use crate::{
     token::RefreshError,
 };
 
-/// Header carrying the subject URN to the app / forward-auth caller.
-pub const SUBJECT_HEADER: &str = "x-pleo-subject";
+use crate::identity::SUBJECT_HEADER;
 /// Header carrying the granted scopes (space-separated).
 pub const SCOPES_HEADER: &str = "x-pleo-scopes";
 
