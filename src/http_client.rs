@@ -1,16 +1,19 @@
-//! The pooled hyper clients the gateway sends requests through: to the app
-//! ([`crate::upstream`]) and the proxied calls to Pleo ([`crate::pleo_api`]). HTTP/1.1 over
-//! plain TCP or TLS, `TCP_NODELAY`, a connect timeout, and the built-in roots plus a configured
-//! CA bundle ([`crate::tls`]).
+//! The pooled hyper clients the gateway sends requests through: to the app (`upstream.rs`)
+//! and the proxied calls to Pleo (`pleo_api.rs`). HTTP/1.1 over plain TCP or TLS,
+//! `TCP_NODELAY`, a connect timeout, and the built-in roots plus a configured CA bundle
+//! ([`crate::tls`]); and the wait for one of a bounded number of connections.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::CaBundle;
 
@@ -44,4 +47,52 @@ pub fn pool(connector: Connector, idle_timeout: Duration, max_idle: usize) -> Po
         .pool_max_idle_per_host(max_idle)
         .pool_timer(TokioTimer::new())
         .build(connector)
+}
+
+/// One of `slots` (a bound on connections in use), waiting at most `wait` for one to be freed;
+/// `None` after that. A free slot is taken without arming a timer.
+pub async fn slot(slots: &Arc<Semaphore>, wait: Duration) -> Option<OwnedSemaphorePermit> {
+    if let Ok(free) = Arc::clone(slots).try_acquire_owned() {
+        return Some(free);
+    }
+    tokio::time::timeout(wait, Arc::clone(slots).acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+pin_project_lite::pin_project! {
+    /// A response body holding its connection slot until it is done (or dropped).
+    pub struct SlotBody {
+        #[pin]
+        body: Incoming,
+        _slot: OwnedSemaphorePermit,
+    }
+}
+
+impl SlotBody {
+    /// `body`, holding `slot`.
+    pub fn new(body: Incoming, slot: OwnedSemaphorePermit) -> Self {
+        Self { body, _slot: slot }
+    }
+}
+
+impl hyper::body::Body for SlotBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -86,7 +86,7 @@ impl PleoApi {
     }
 
     /// The same API behind a pool of its own (for one worker runtime, see
-    /// [`crate::state::AppState::with_own_pools`]), sharing this client's connection limit.
+    /// `AppState::with_own_pools` in `state.rs`), sharing this client's connection limit.
     pub fn with_own_pool(&self, config: &PleoConfig) -> anyhow::Result<Self> {
         Self::with_slots(config, Arc::clone(&self.slots))
     }
@@ -117,18 +117,14 @@ impl PleoApi {
     /// 57 KiB with it, so the bound is what keeps a burst of `/pleo` calls within the memory
     /// a replica is given. A call that finds none free within 5 s gets 503 with Retry-After.
     pub async fn slot(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
-        if let Ok(free) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Ok(free);
-        }
-        match tokio::time::timeout(SLOT_WAIT, Arc::clone(&self.slots).acquire_owned()).await {
-            Ok(Ok(slot)) => Ok(slot),
-            _ => {
+        http_client::slot(&self.slots, SLOT_WAIT)
+            .await
+            .ok_or_else(|| {
                 tracing::warn!("every connection to Pleo is busy (pleo.max_connections)");
-                Err(GatewayError::PleoUnavailable {
+                GatewayError::PleoUnavailable {
                     retry_after: Duration::from_secs(1),
-                })
-            }
-        }
+                }
+            })
     }
 
     /// `{api_url}{path}?{query}`. `path` starts with `/` (anything else becomes `/`); the query
@@ -262,9 +258,7 @@ pub fn map_proxy_error(error: &hyper_util::client::legacy::Error) -> GatewayErro
     if timed_out {
         return GatewayError::PleoTimeout;
     }
-    let hint = crate::tls::is_untrusted_certificate(error).then_some(crate::tls::UNTRUSTED_HINT);
-    tracing::warn!(error = %crate::error::chain(error), hint, "Pleo API request failed");
-    GatewayError::PleoUnreachable
+    unreachable(error)
 }
 
 /// Classifies an outbound failure: timeouts are 504, everything else 502.
@@ -272,11 +266,15 @@ pub fn map_error(error: reqwest::Error) -> GatewayError {
     if error.is_timeout() {
         GatewayError::PleoTimeout
     } else {
-        let hint =
-            crate::tls::is_untrusted_certificate(&error).then_some(crate::tls::UNTRUSTED_HINT);
-        tracing::warn!(error = %crate::error::chain(&error), hint, "Pleo API request failed");
-        GatewayError::PleoUnreachable
+        unreachable(&error)
     }
+}
+
+/// 502: logged with its causes, and with a hint when the certificate was not trusted.
+fn unreachable(error: &(dyn std::error::Error + 'static)) -> GatewayError {
+    let hint = crate::tls::is_untrusted_certificate(error).then_some(crate::tls::UNTRUSTED_HINT);
+    tracing::warn!(error = %crate::error::chain(error), hint, "Pleo API request failed");
+    GatewayError::PleoUnreachable
 }
 
 #[cfg(test)]

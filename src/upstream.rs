@@ -8,7 +8,7 @@ pub mod websockets;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::Body;
 use http::{Request, Uri};
 use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
@@ -122,18 +122,7 @@ impl UpstreamClient {
         request: Request<Body>,
         body_sent: Option<oneshot::Receiver<()>>,
     ) -> Result<hyper::Response<SlotBody>, GatewayError> {
-        // A free slot is taken without arming a timer; only a wait for one is bounded.
-        let free = Arc::clone(&self.slots).try_acquire_owned().ok();
-        let slot = match free {
-            Some(slot) => Some(slot),
-            None => tokio::time::timeout(
-                SLOT_WAIT.min(self.timeout),
-                Arc::clone(&self.slots).acquire_owned(),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok),
-        };
+        let slot = http_client::slot(&self.slots, SLOT_WAIT.min(self.timeout)).await;
         let slot = slot.ok_or_else(|| {
             tracing::warn!("every connection to the app is busy (proxy.upstream_max_connections)");
             GatewayError::UpstreamBusy
@@ -163,34 +152,11 @@ fn with_slot(
     response: hyper::Response<Incoming>,
     slot: OwnedSemaphorePermit,
 ) -> hyper::Response<SlotBody> {
-    response.map(|body| SlotBody { body, _slot: slot })
+    response.map(|body| SlotBody::new(body, slot))
 }
 
 /// The app's response body, holding its connection slot until it is done.
-pub struct SlotBody {
-    body: Incoming,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl HttpBody for SlotBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
+pub type SlotBody = http_client::SlotBody;
 
 /// The client's own body failing is the client's fault (413, 408 or 400, see [`body`]);
 /// otherwise 502 (a refused or broken connection to the app).

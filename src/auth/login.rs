@@ -69,6 +69,7 @@ pub async fn begin_login(
     let authorize = state
         .oauth
         .authorize_url(login_state.clone(), subject_hint.as_deref());
+    let now = now_ms();
     // The logins this browser has in progress (at most MAX_PENDING_LOGINS: the oldest, and any
     // unreadable, give way below).
     let present: Vec<(String, Option<u64>)> = cookie_pairs(&headers)
@@ -76,7 +77,7 @@ pub async fn begin_login(
             let tag = state.cookies.login_tag(name)?;
             let issued = state
                 .logins
-                .open(tag, value, now_ms())
+                .open(tag, value, now)
                 .map(|login| login.issued_at_ms);
             Some((tag.to_owned(), issued))
         })
@@ -86,7 +87,7 @@ pub async fn begin_login(
         authorize.pkce_verifier,
         sanitize_return_to(return_to),
         subject_hint,
-        issue_time(now_ms(), &present),
+        issue_time(now, &present),
         &binding,
     );
     let mut response = redirect(authorize.url.as_str());

@@ -29,6 +29,7 @@ use crate::{
         guard::{fresh_session, refresh_error, require_session},
     },
     error::GatewayError,
+    http_client::SlotBody,
     session::{Session, SessionKey},
     state::AppState,
     telemetry::{Call, CallResult},
@@ -191,7 +192,7 @@ async fn send_now(
     call.inject(request.headers_mut());
     let token = session.data.access_token.expose_secret();
     // The whole exchange up to the response head is bounded; the body then streams, bounded by
-    // `pleo.request_timeout` between chunks (`SlotBody`).
+    // `pleo.request_timeout` between chunks (`QuietBody`).
     let sent = tokio::time::timeout(
         state.pleo_api.timeout(),
         state.pleo_api.forward(request, token),
@@ -232,9 +233,8 @@ fn into_response(answer: Answer) -> Response {
     // and holds the connection slot.
     let (parts, body) = answer.response.into_parts();
     let headers = headers::from_pleo(parts.headers);
-    let mut response = Response::new(Body::new(SlotBody::new(
-        body,
-        answer.slot,
+    let mut response = Response::new(Body::new(QuietBody::new(
+        SlotBody::new(body, answer.slot),
         answer.quiet_limit,
     )));
     *response.status_mut() = parts.status;
@@ -254,30 +254,28 @@ fn into_response(answer: Answer) -> Response {
 struct BodyStalled;
 
 pin_project_lite::pin_project! {
-    /// Pleo's response body, holding its connection slot until it is done, and cut off when
-    /// Pleo sends nothing for `pleo.request_timeout`.
-    struct SlotBody {
+    /// Pleo's response body (holding its connection slot, see [`SlotBody`]), cut off when Pleo
+    /// sends nothing for `pleo.request_timeout`.
+    struct QuietBody {
         #[pin]
-        body: Incoming,
+        body: SlotBody,
         #[pin]
         quiet: tokio::time::Sleep,
         quiet_limit: Duration,
-        _slot: OwnedSemaphorePermit,
     }
 }
 
-impl SlotBody {
-    fn new(body: Incoming, slot: OwnedSemaphorePermit, quiet_limit: Duration) -> Self {
+impl QuietBody {
+    fn new(body: SlotBody, quiet_limit: Duration) -> Self {
         Self {
             body,
             quiet: tokio::time::sleep(quiet_limit),
             quiet_limit,
-            _slot: slot,
         }
     }
 }
 
-impl hyper::body::Body for SlotBody {
+impl hyper::body::Body for QuietBody {
     type Data = Bytes;
     type Error = axum::BoxError;
 
@@ -391,7 +389,10 @@ mod tests {
 
         let slots = Arc::new(Semaphore::new(1));
         let slot = Arc::clone(&slots).try_acquire_owned().unwrap();
-        let body = SlotBody::new(response.into_body(), slot, Duration::from_millis(200));
+        let body = QuietBody::new(
+            SlotBody::new(response.into_body(), slot),
+            Duration::from_millis(200),
+        );
         // Without the limit this would wait for ever; the outer bound turns that into a failure.
         let error = tokio::time::timeout(Duration::from_secs(10), body.collect())
             .await

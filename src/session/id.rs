@@ -66,7 +66,7 @@ const KEY_LEN: usize = 64;
 impl SessionKey {
     /// The hex digest.
     pub fn as_str(&self) -> &str {
-        // Only ever built from ASCII hex digits (`hex_digest`, `parse`).
+        // Only ever built from ASCII hex digits (`from_digest`, `parse`).
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
     /// A key the gateway wrote somewhere and reads back (a session reference, a background
