@@ -38,23 +38,7 @@ for _ in $(seq 1 600); do grep -q '^serving' "$log" && break; kill -0 "$serving"
 # shellcheck disable=SC1090
 source "$env_file"
 
-client=$(mktemp --suffix .py)
-cat >"$client" <<'PY'
-import http.client, sys, urllib.parse
-url, cookie, n, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-u = urllib.parse.urlsplit(url)
-headers = {"Cookie": cookie, "Accept": "application/json", "Accept-Language": "en",
-           "Accept-Encoding": "identity", "User-Agent": "allocations-bench/1",
-           "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
-headers.update({f"X-Extra-{i}": f"value-{i:04d}-abcdefghijklmnop" for i in range(extra)})
-conn = http.client.HTTPConnection(u.hostname, u.port)
-for _ in range(n):
-    conn.request("GET", u.path or "/", headers=headers)
-    r = conn.getresponse(); r.read()
-    if r.status != 200:
-        sys.exit(f"{url}: status {r.status}")
-PY
-trap 'cleanup; rm -f "$client"' EXIT
+client=benches/keepalive_client.py
 
 store_calls() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" {s += $3} END {print s+0}'; }
 

@@ -30,6 +30,8 @@
 #                    proxying rather than the budget's 429s; the budget costs a Redis round trip)
 #   ACCESS_LOG       the gateway's server.access_log (default false, as nginx's is off here)
 #   GATEWAY_BIN      a binary to use instead of building one (e.g. one with debug info)
+#   GATEWAY_WRAPPER  a command the gateway (not the mock) runs under, e.g. valgrind
+#                    (instructions.sh); the gateway then gets 60 s to come up instead of 10
 #   SERVE_ONLY=1     start everything, write URLs, pids and credentials to
 #                    $CARGO_TARGET_DIR/bench/targets.env and wait (for a profiler)
 #   and whatever the gateway reads (TOKIO_WORKER_THREADS, PLEO_GATEWAY__...).
@@ -63,7 +65,7 @@ trap cleanup EXIT
 trap "exit 130" INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() {
-  for _ in $(seq 1 100); do curl -s -o /dev/null "$@" && return 0; sleep 0.1; done
+  for _ in $(seq 1 "${WAIT_TENTHS:-100}"); do curl -s -o /dev/null "$@" && return 0; sleep 0.1; done
   echo "not up: $*"; exit 1
 }
 start_nginx() { # name conf: runs nginx -c conf in the foreground (daemon off) so $! is the master
@@ -151,9 +153,10 @@ export PLEO_GATEWAY__SESSION__STORE=redis
 export PLEO_GATEWAY__SESSION__REDIS_URL="redis://127.0.0.1:$redis_port"
 PLEO_GATEWAY__SESSION__ENCRYPTION_KEYS="$(head -c 32 /dev/urandom | base64)"
 export PLEO_GATEWAY__SESSION__ENCRYPTION_KEYS
-RUST_LOG=${RUST_LOG:-warn} "$bin" >"$work/gateway.log" 2>&1 &
+# shellcheck disable=SC2086 # GATEWAY_WRAPPER is a command line, split on purpose
+RUST_LOG=${RUST_LOG:-warn} ${GATEWAY_WRAPPER:-} "$bin" >"$work/gateway.log" 2>&1 &
 gw_pid=$!; pids+=("$gw_pid")
-wait_http "http://127.0.0.1:$gw_port/healthz"
+WAIT_TENTHS=${GATEWAY_WRAPPER:+600} wait_http "http://127.0.0.1:$gw_port/healthz"
 
 # Log in through the real flow (the mock approves at once) and keep the session cookie.
 curl -s -L -c "$work/jar" -b "$work/jar" -o /dev/null "http://127.0.0.1:$gw_port/auth/login?return_to=/"

@@ -35,7 +35,7 @@ pub struct Forwarding {
     /// Hops from the client to the gateway: the client first, the gateway's peer last.
     pub chain: Vec<IpAddr>,
     /// `http` or `https`, as the browser used it.
-    pub proto: String,
+    pub proto: &'static str,
     /// The host (and port) the browser addressed.
     pub host: String,
     /// Whether the peer is a trusted proxy (whose other `X-Forwarded-*` headers may pass).
@@ -51,7 +51,11 @@ pub fn resolve(
 ) -> Forwarding {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let peer = peer.to_canonical();
-    let default_proto = public_url.scheme().to_owned();
+    let default_proto = if public_url.scheme() == "https" {
+        "https"
+    } else {
+        "http"
+    };
     let default_host = authority_of(public_url);
     if !is_trusted(&peer) {
         return Forwarding {
@@ -79,8 +83,15 @@ pub fn resolve(
     chain.reverse();
     let proto = values(inbound, &X_FORWARDED_PROTO)
         .next_back()
-        .map(str::to_ascii_lowercase)
-        .filter(|p| p == "http" || p == "https")
+        .and_then(|p| {
+            if p.eq_ignore_ascii_case("https") {
+                Some("https")
+            } else if p.eq_ignore_ascii_case("http") {
+                Some("http")
+            } else {
+                None
+            }
+        })
         .unwrap_or(default_proto);
     let host = values(inbound, &X_FORWARDED_HOST)
         .next_back()
@@ -116,25 +127,25 @@ pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
             if index > 0 {
                 out.write_all(b", ")?;
             }
-            write!(out, "{hop}")?;
+            write_ip(out, hop)?;
         }
         Ok(())
     });
     if let Some(chain) = chain {
         headers.insert(X_FORWARDED_FOR, chain);
     }
-    let proto = match forwarding.proto.as_str() {
-        "https" => Ok(HeaderValue::from_static("https")),
-        "http" => Ok(HeaderValue::from_static("http")),
-        other => HeaderValue::from_str(other),
-    };
-    if let Ok(proto) = proto {
-        headers.insert(X_FORWARDED_PROTO, proto);
-    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if forwarding.proto == "https" {
+            "https"
+        } else {
+            "http"
+        }),
+    );
     if let Ok(host) = HeaderValue::from_str(&forwarding.host) {
         headers.insert(X_FORWARDED_HOST, host);
     }
-    if let Some(client) = header_value(|out| write!(out, "{}", forwarding.client)) {
+    if let Some(client) = header_value(|out| write_ip(out, &forwarding.client)) {
         headers.insert(X_REAL_IP, client);
     }
 }
@@ -151,6 +162,32 @@ fn header_value(write: impl Fn(&mut dyn Write) -> std::io::Result<()>) -> Option
     let mut heap = Vec::new();
     write(&mut heap).ok()?;
     HeaderValue::from_bytes(&heap).ok()
+}
+
+/// Writes an address as `Display` does. IPv4 without the formatting machinery, which cost
+/// more than the rest of the forwarding headers together (it runs twice per request to the
+/// app: `X-Forwarded-For` and `X-Real-IP`).
+fn write_ip(out: &mut dyn Write, ip: &IpAddr) -> std::io::Result<()> {
+    let IpAddr::V4(v4) = ip else {
+        return write!(out, "{ip}");
+    };
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            out.write_all(b".")?;
+        }
+        let digits = [
+            b'0' + octet / 100,
+            b'0' + octet / 10 % 10,
+            b'0' + octet % 10,
+        ];
+        let first = match octet {
+            100.. => 0,
+            10.. => 1,
+            _ => 2,
+        };
+        out.write_all(digits.get(first..).unwrap_or_default())?;
+    }
+    Ok(())
 }
 
 /// Headers that claim the client's address or rewrite the request's URL or method, which
@@ -257,6 +294,11 @@ fn is_plain_authority(text: &str) -> bool {
 }
 
 fn authority_of(url: &Url) -> String {
+    // `Url::authority` is already `host[:port]` (no port when it is the scheme's default),
+    // copied without formatting, unless the URL carries user info.
+    if url.has_host() && url.username().is_empty() && url.password().is_none() {
+        return url.authority().to_owned();
+    }
     let host = url.host_str().unwrap_or("localhost");
     match url.port() {
         Some(port) => format!("{host}:{port}"),

@@ -9,7 +9,10 @@ pub mod websockets;
 use std::{sync::Arc, time::Duration};
 
 use axum::body::Body;
-use http::{Request, Uri};
+use http::{
+    Request, Uri,
+    uri::{Authority, PathAndQuery, Scheme},
+};
 use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -43,6 +46,9 @@ pub struct UpstreamClient {
     connector: Connector,
     /// `scheme://host:port` of the app.
     origin: String,
+    /// The scheme and `host:port` of `origin`, parsed once.
+    scheme: Scheme,
+    authority: Authority,
     /// The app's base path without a trailing slash (`""` at the root).
     base_path: String,
     /// `proxy.upstream_timeout`.
@@ -79,10 +85,13 @@ impl UpstreamClient {
             Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
             _ => host.to_owned(),
         };
+        let authority: Authority = format!("{host}:{port}").parse()?;
         Ok(Self {
             client,
             connector,
             origin: format!("{scheme}://{host}:{port}"),
+            scheme: scheme.parse()?,
+            authority,
             base_path: upstream.path().trim_end_matches('/').to_owned(),
             timeout,
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
@@ -98,6 +107,8 @@ impl UpstreamClient {
             client: pool(self.connector.clone(), self.max_connections),
             connector: self.connector.clone(),
             origin: self.origin.clone(),
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
             base_path: self.base_path.clone(),
             timeout: self.timeout,
             slots: Arc::clone(&self.slots),
@@ -108,6 +119,27 @@ impl UpstreamClient {
     /// `{origin}{base_path}{path}?{query}` with the path and query exactly as received.
     pub fn uri(&self, original: &Uri) -> Result<Uri, GatewayError> {
         let path_and_query = original.path_and_query().map_or("/", |pq| pq.as_str());
+        if !path_and_query.starts_with('/') {
+            // `OPTIONS *` and the like: nothing an app behind a gateway serves.
+            return Err(GatewayError::BadRequest(
+                "the request path is not valid".into(),
+            ));
+        }
+        if self.base_path.is_empty() {
+            // The usual sidecar: the app at its root. The parts are put together without
+            // formatting and parsing the whole URI again (they are shared, not copied).
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(
+                original
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            );
+            return Uri::from_parts(parts)
+                .map_err(|_| GatewayError::BadRequest("the request path is not valid".into()));
+        }
         format!("{}{}{}", self.origin, self.base_path, path_and_query)
             .parse()
             .map_err(|_| GatewayError::BadRequest("the request path is not valid".into()))
@@ -171,4 +203,47 @@ fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
     let hint = crate::tls::is_untrusted_certificate(error).then_some(crate::tls::UNTRUSTED_HINT);
     tracing::warn!(error = %crate::error::chain(error), connect = error.is_connect(), hint, "request to the app behind the gateway failed");
     GatewayError::UpstreamUnreachable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(upstream: &str) -> UpstreamClient {
+        let url = Url::parse(upstream).unwrap();
+        UpstreamClient::new(&url, Duration::from_secs(1), 4, None).unwrap()
+    }
+
+    #[test]
+    fn the_app_uri_keeps_path_and_query_exactly() {
+        for (upstream, incoming, expected) in [
+            ("http://127.0.0.1:3000", "/", "http://127.0.0.1:3000/"),
+            (
+                "http://app",
+                "/a%2Fb/../c?x=1&y=%20",
+                "http://app:80/a%2Fb/../c?x=1&y=%20",
+            ),
+            (
+                "http://app:3000",
+                "http://evil.example/p?q",
+                "http://app:3000/p?q",
+            ),
+            (
+                "https://[::1]:8443/base/",
+                "/x?y",
+                "https://[::1]:8443/base/x?y",
+            ),
+            ("http://app:3000/base", "/", "http://app:3000/base/"),
+        ] {
+            let uri = client(upstream).uri(&incoming.parse().unwrap()).unwrap();
+            assert_eq!(uri.to_string(), expected, "{upstream} + {incoming}");
+        }
+        for upstream in ["http://app:3000", "http://app:3000/base"] {
+            let asterisk = client(upstream).uri(&"*".parse().unwrap());
+            assert!(
+                matches!(asterisk, Err(GatewayError::BadRequest(_))),
+                "{upstream}"
+            );
+        }
+    }
 }

@@ -99,7 +99,7 @@ fn a_chain_longer_than_the_stack_buffer_is_written_whole() {
     let f = Forwarding {
         client: hops[0],
         chain: hops.clone(),
-        proto: "https".into(),
+        proto: "https",
         host: "app.example.com".into(),
         peer_trusted: true,
     };
@@ -195,7 +195,32 @@ fn is_replaced_by_folding(name: &str, peer_trusted: bool) -> bool {
         || (folded.starts_with("x-forwarded-") && (respelled || !peer_trusted))
 }
 
+#[test]
+fn the_public_authority_is_host_and_port_as_written() {
+    for (url, authority) in [
+        ("https://app.example.com", "app.example.com"),
+        ("https://app.example.com:443/x", "app.example.com"),
+        ("http://127.0.0.1:8080/", "127.0.0.1:8080"),
+        ("http://[::1]:8080", "[::1]:8080"),
+        (
+            "https://user:secret@app.example.com:8443",
+            "app.example.com:8443",
+        ),
+    ] {
+        assert_eq!(authority_of(&Url::parse(url).unwrap()), authority, "{url}");
+    }
+}
+
 proptest! {
+    #[test]
+    fn addresses_are_written_as_display_writes_them(v4 in any::<[u8; 4]>(), v6 in any::<[u8; 16]>()) {
+        for ip in [IpAddr::from(v4), IpAddr::from(v6)] {
+            let mut out = Vec::new();
+            write_ip(&mut out, &ip).unwrap();
+            prop_assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
     #[test]
     fn replacing_without_allocating_agrees_with_folding(
         name in "(?i)(x[-_]forwarded[-_](for|proto|host|port|prefix)|x[-_]real[-_]ip|forwarded|client[-_]ip|x[-_]original[-_]url|[a-z_-]{0,14})",
