@@ -1,17 +1,17 @@
 //! The pooled hyper clients the gateway sends requests through: to the app (`upstream.rs`)
 //! and the proxied calls to Pleo (`pleo_api.rs`). HTTP/1.1 over plain TCP or TLS,
 //! `TCP_NODELAY`, a connect timeout, and the built-in roots plus a configured CA bundle
-//! ([`crate::tls`]); and the wait for one of a bounded number of connections.
+//! ([`crate::tls`]); one pool per origin and worker ([`pool`]); and the wait for one of a
+//! bounded number of connections.
+
+mod pool;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::body::{Body, Bytes};
-use hyper::body::{Frame, Incoming, SizeHint};
+use axum::body::Bytes;
+use hyper::body::{Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
-};
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -20,8 +20,7 @@ use crate::config::CaBundle;
 /// The connector: `http://` or `https://` (verified against the Mozilla roots and `bundle`).
 pub type Connector = HttpsConnector<HttpConnector>;
 
-/// A pool of HTTP/1.1 connections through a [`Connector`].
-pub type Pool = Client<Connector, Body>;
+pub use pool::{Pool, PoolError, PooledBody};
 
 /// A connector giving up on a TCP connection after `connect_timeout`.
 pub fn connector(
@@ -40,13 +39,15 @@ pub fn connector(
     Ok(builder.https_or_http().enable_http1().wrap_connector(tcp))
 }
 
-/// A pool keeping up to `max_idle` idle connections per host, each for at most `idle_timeout`.
-pub fn pool(connector: Connector, idle_timeout: Duration, max_idle: usize) -> Pool {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(max_idle)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+/// A pool of connections to `origin` (`scheme://host[:port]`) keeping up to `max_idle` idle,
+/// each for at most `idle_timeout`.
+pub fn pool(
+    connector: Connector,
+    origin: &str,
+    idle_timeout: Duration,
+    max_idle: usize,
+) -> anyhow::Result<Pool> {
+    Pool::new(connector, origin.parse()?, idle_timeout, max_idle)
 }
 
 /// One of `slots` (a bound on connections in use), waiting at most `wait` for one to be freed;
@@ -65,14 +66,14 @@ pin_project_lite::pin_project! {
     /// A response body holding its connection slot until it is done (or dropped).
     pub struct SlotBody {
         #[pin]
-        body: Incoming,
+        body: PooledBody,
         _slot: OwnedSemaphorePermit,
     }
 }
 
 impl SlotBody {
     /// `body`, holding `slot`.
-    pub fn new(body: Incoming, slot: OwnedSemaphorePermit) -> Self {
+    pub fn new(body: PooledBody, slot: OwnedSemaphorePermit) -> Self {
         Self { body, _slot: slot }
     }
 }

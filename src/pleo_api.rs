@@ -13,7 +13,6 @@ use std::{sync::Arc, time::Duration};
 use axum::body::Body;
 use http::{HeaderValue, Uri, header};
 use http_body_util::LengthLimitError;
-use hyper::body::Incoming;
 use reqwest::Method;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,7 +22,7 @@ use url::Url;
 use crate::{
     config::PleoConfig,
     error::{GatewayError, caused_by},
-    http_client::{self, Pool},
+    http_client::{self, Pool, PoolError, PooledBody},
     telemetry::{Call, CallResult},
 };
 
@@ -104,7 +103,12 @@ impl PleoApi {
         let connector = http_client::connector(config.connect_timeout, config.ca_file.as_ref())?;
         Ok(Self {
             client,
-            pool: http_client::pool(connector, POOL_IDLE_TIMEOUT, config.max_connections),
+            pool: http_client::pool(
+                connector,
+                config.api_url.origin().ascii_serialization().as_str(),
+                POOL_IDLE_TIMEOUT,
+                config.max_connections,
+            )?,
             user_agent: HeaderValue::from_static(USER_AGENT),
             base: config.api_url.as_str().trim_end_matches('/').to_owned(),
             timeout: config.request_timeout,
@@ -160,7 +164,7 @@ impl PleoApi {
         &self,
         mut request: http::Request<Body>,
         access_token: &str,
-    ) -> Result<http::Response<Incoming>, GatewayError> {
+    ) -> Result<http::Response<PooledBody>, GatewayError> {
         let mut bearer = HeaderValue::try_from(format!("Bearer {access_token}"))
             .map_err(|_| GatewayError::Internal("the access token is not a header value".into()))?;
         bearer.set_sensitive(true);
@@ -243,7 +247,7 @@ impl PleoApi {
 
 /// Classifies a proxied call's failure: the caller's own body over the limit is 413, a connect
 /// timeout 504, everything else 502.
-pub fn map_proxy_error(error: &hyper_util::client::legacy::Error) -> GatewayError {
+pub fn map_proxy_error(error: &PoolError) -> GatewayError {
     if caused_by::<LengthLimitError>(error) {
         return GatewayError::BodyTooLarge;
     }
@@ -285,7 +289,13 @@ mod tests {
         let connector = http_client::connector(Duration::from_secs(1), None).unwrap();
         PleoApi {
             client: reqwest::Client::new(),
-            pool: http_client::pool(connector, POOL_IDLE_TIMEOUT, 1),
+            pool: http_client::pool(
+                connector,
+                &Url::parse(base).unwrap().origin().ascii_serialization(),
+                POOL_IDLE_TIMEOUT,
+                1,
+            )
+            .unwrap(),
             user_agent: HeaderValue::from_static(USER_AGENT),
             base: base.trim_end_matches('/').to_owned(),
             timeout: Duration::from_secs(1),

@@ -14,14 +14,13 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::LengthLimitError;
-use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use url::Url;
 
 use crate::{
     config::CaBundle,
     error::{GatewayError, caused_by},
-    http_client::{self, Connector, Pool},
+    http_client::{self, Pool, PoolError, PooledBody},
 };
 
 pub use websockets::WebSocketRegistry;
@@ -42,8 +41,6 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug)]
 pub struct UpstreamClient {
     client: Pool,
-    /// Kept to build another pool with the same settings ([`UpstreamClient::with_own_pool`]).
-    connector: Connector,
     /// `scheme://host:port` of the app.
     origin: String,
     /// The scheme and `host:port` of `origin`, parsed once.
@@ -55,8 +52,6 @@ pub struct UpstreamClient {
     pub timeout: Duration,
     /// One permit per app connection in use (`proxy.upstream_max_connections`).
     slots: Arc<Semaphore>,
-    /// `proxy.upstream_max_connections`, also the most idle connections a pool keeps.
-    max_connections: usize,
 }
 
 impl UpstreamClient {
@@ -80,22 +75,21 @@ impl UpstreamClient {
             .ok_or_else(|| anyhow::anyhow!("proxy.upstream has no host"))?;
         let port = upstream.port_or_known_default().unwrap_or(80);
         let connector = http_client::connector(CONNECT_TIMEOUT.min(timeout), ca_file)?;
-        let client = pool(connector.clone(), max_connections);
         let host = match upstream.host() {
             Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
             _ => host.to_owned(),
         };
+        let origin = format!("{scheme}://{host}:{port}");
+        let client = http_client::pool(connector, &origin, POOL_IDLE_TIMEOUT, max_connections)?;
         let authority: Authority = format!("{host}:{port}").parse()?;
         Ok(Self {
             client,
-            connector,
-            origin: format!("{scheme}://{host}:{port}"),
+            origin,
             scheme: scheme.parse()?,
             authority,
             base_path: upstream.path().trim_end_matches('/').to_owned(),
             timeout,
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
-            max_connections,
         })
     }
 
@@ -104,15 +98,13 @@ impl UpstreamClient {
     /// and its app connection are served by the same thread.
     pub fn with_own_pool(&self) -> Self {
         Self {
-            client: pool(self.connector.clone(), self.max_connections),
-            connector: self.connector.clone(),
+            client: self.client.with_own_connections(),
             origin: self.origin.clone(),
             scheme: self.scheme.clone(),
             authority: self.authority.clone(),
             base_path: self.base_path.clone(),
             timeout: self.timeout,
             slots: Arc::clone(&self.slots),
-            max_connections: self.max_connections,
         }
     }
 
@@ -175,13 +167,8 @@ impl UpstreamClient {
     }
 }
 
-/// A pooled HTTP/1.1 client keeping up to `max_idle` idle connections to the app.
-fn pool(connector: Connector, max_idle: usize) -> Pool {
-    http_client::pool(connector, POOL_IDLE_TIMEOUT, max_idle)
-}
-
 fn with_slot(
-    response: hyper::Response<Incoming>,
+    response: hyper::Response<PooledBody>,
     slot: OwnedSemaphorePermit,
 ) -> hyper::Response<SlotBody> {
     response.map(|body| SlotBody::new(body, slot))
@@ -192,7 +179,7 @@ pub type SlotBody = http_client::SlotBody;
 
 /// The client's own body failing is the client's fault (413, 408 or 400, see [`body`]);
 /// otherwise 502 (a refused or broken connection to the app).
-fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
+fn classify(error: &PoolError) -> GatewayError {
     // The client's own body failing is the client's fault, not the app's.
     if caused_by::<LengthLimitError>(error)
         || caused_by::<body::BodyStalled>(error)

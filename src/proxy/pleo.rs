@@ -17,7 +17,7 @@ use axum::{
     response::Response,
 };
 use http_body_util::Limited;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use secrecy::ExposeSecret;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 use tracing::Instrument;
@@ -29,7 +29,7 @@ use crate::{
         guard::{fresh_session, refresh_error, require_session},
     },
     error::GatewayError,
-    http_client::SlotBody,
+    http_client::{PooledBody, SlotBody},
     session::{Session, SessionKey},
     state::AppState,
     telemetry::{Call, CallResult},
@@ -169,7 +169,7 @@ async fn send(
 /// Pleo's response, with the connection slot (`pleo.max_connections`) it holds until its body
 /// has been passed on.
 struct Answer {
-    response: hyper::Response<Incoming>,
+    response: hyper::Response<PooledBody>,
     slot: OwnedSemaphorePermit,
     /// `pleo.request_timeout`: the longest pause in the body.
     quiet_limit: Duration,
@@ -350,7 +350,7 @@ mod tests {
         (base, seen)
     }
 
-    async fn call(base: &str) -> hyper::Response<Incoming> {
+    async fn call(base: &str) -> hyper::Response<PooledBody> {
         let config = crate::config::Config::load_with_env(
             None,
             &[
