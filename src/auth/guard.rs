@@ -1,7 +1,7 @@
 //! Who is asking, whether their token is fresh, and which headers say so: the checks both
 //! proxies, forward-auth and the `/auth/*` routes run on a request that needs a session.
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use tracing::Instrument;
 
 use crate::{
@@ -58,16 +58,24 @@ pub async fn require_session(
 
 /// Writes `X-Pleo-Subject` / `X-Pleo-Scopes` for a session.
 pub fn identity_headers(session: &Session, headers: &mut HeaderMap) {
+    // Names, not strings: inserting by `&str` parses the name again on every request.
+    const SUBJECT: HeaderName = HeaderName::from_static(SUBJECT_HEADER);
+    const SCOPES: HeaderName = HeaderName::from_static(SCOPES_HEADER);
     if let Some(value) = session
         .data
         .subject
         .as_deref()
         .and_then(|s| HeaderValue::from_str(s).ok())
     {
-        headers.insert(SUBJECT_HEADER, value);
+        headers.insert(SUBJECT, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&session.data.scopes.join(" ")) {
-        headers.insert(SCOPES_HEADER, value);
+    let scopes = match session.data.scopes.as_slice() {
+        // One scope needs no joining (and no second copy).
+        [one] => HeaderValue::from_str(one),
+        many => HeaderValue::from_str(&many.join(" ")),
+    };
+    if let Ok(value) = scopes {
+        headers.insert(SCOPES, value);
     }
 }
 

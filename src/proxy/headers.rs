@@ -45,11 +45,10 @@ const GATEWAY_ONLY: [HeaderName; 9] = [
 /// response carries.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut found: [Option<&'static HeaderName>; HOP_BY_HOP.len()] = Default::default();
-    for (slot, hop) in found.iter_mut().zip(
-        headers
-            .keys()
-            .filter_map(|name| HOP_BY_HOP.iter().find(|hop| *hop == name)),
-    ) {
+    for (slot, hop) in found
+        .iter_mut()
+        .zip(headers.keys().filter_map(|name| hop_by_hop(name)))
+    {
         *slot = Some(hop);
     }
     if found[0].is_none() {
@@ -79,6 +78,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in found.into_iter().flatten() {
         headers.remove(name);
     }
+}
+
+/// The entry of [`HOP_BY_HOP`] that `name` is. A match on the text (a jump on its length, then
+/// one comparison) rather than nine comparisons of names: it runs for every header of every
+/// proxied request and response.
+fn hop_by_hop(name: &HeaderName) -> Option<&'static HeaderName> {
+    let index = match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    };
+    HOP_BY_HOP.get(index)
 }
 
 pub use crate::forwarded::spells;
@@ -217,6 +235,14 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_found_as_itself() {
+        for hop in &HOP_BY_HOP {
+            assert_eq!(hop_by_hop(hop), Some(hop));
+        }
+        assert_eq!(hop_by_hop(&header::ACCEPT), None);
     }
 
     proptest! {
