@@ -18,7 +18,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError, Weak},
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -71,7 +74,7 @@ struct Inner {
     idle_timeout: Duration,
     max_idle: usize,
     /// Whether the sweep of expired idle connections runs.
-    sweeping: std::sync::atomic::AtomicBool,
+    sweeping: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -101,7 +104,30 @@ impl Pool {
             Some(port) if port != default_port => HeaderValue::try_from(format!("{host}:{port}"))?,
             _ => HeaderValue::try_from(host)?,
         };
-        Ok(Self {
+        Ok(Self::empty(connector, origin, host, idle_timeout, max_idle))
+    }
+
+    /// The same origin and settings with connections of its own (one pool per worker).
+    pub fn with_own_connections(&self) -> Self {
+        let inner = &self.inner;
+        Self::empty(
+            inner.connector.clone(),
+            inner.origin.clone(),
+            inner.host.clone(),
+            inner.idle_timeout,
+            inner.max_idle,
+        )
+    }
+
+    /// A pool without connections yet.
+    fn empty(
+        connector: Connector,
+        origin: Uri,
+        host: HeaderValue,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 connector,
                 origin,
@@ -109,22 +135,7 @@ impl Pool {
                 idle: Mutex::new(Vec::new()),
                 idle_timeout,
                 max_idle,
-                sweeping: std::sync::atomic::AtomicBool::new(false),
-            }),
-        })
-    }
-
-    /// The same origin and settings with connections of its own (one pool per worker).
-    pub fn with_own_connections(&self) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                connector: self.inner.connector.clone(),
-                origin: self.inner.origin.clone(),
-                host: self.inner.host.clone(),
-                idle: Mutex::new(Vec::new()),
-                idle_timeout: self.inner.idle_timeout,
-                max_idle: self.inner.max_idle,
-                sweeping: std::sync::atomic::AtomicBool::new(false),
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
@@ -146,7 +157,6 @@ impl Pool {
                 .headers_mut()
                 .insert(header::HOST, self.inner.host.clone());
         }
-        let mut request = request;
         loop {
             let (mut sender, reused) = match self.inner.checkout() {
                 Some(sender) => (sender, true),
@@ -188,11 +198,7 @@ impl Pool {
                 tracing::debug!(%error, "pooled connection closed");
             }
         });
-        if !self
-            .inner
-            .sweeping
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.inner.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(&self.inner)));
         }
         Ok(sender)
