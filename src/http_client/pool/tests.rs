@@ -146,6 +146,38 @@ async fn an_expired_idle_connection_is_not_used() {
 }
 
 #[tokio::test]
+async fn a_bursts_surplus_closes_soon_and_a_few_stay_for_the_idle_timeout() {
+    let server = server(After::KeepAlive, "x").await;
+    let connector = super::super::connector(Duration::from_secs(1), None).unwrap();
+    let pool = super::super::pool(connector, &server.origin, Duration::from_secs(30), 64).unwrap();
+    // A burst: KEEP_IDLE + 4 requests in flight at once (each response unread holds its
+    // connection), then every body read, so every connection comes back.
+    let burst = KEEP_IDLE + 4;
+    let mut responses = Vec::new();
+    for _ in 0..burst {
+        let request = Request::get("/").body(Body::empty()).unwrap();
+        responses.push(pool.request(request).await.unwrap());
+    }
+    for response in responses {
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(server.connections.load(Ordering::SeqCst), burst);
+    assert_eq!(pool.idle_count(), burst);
+
+    // Just back: nothing goes.
+    pool.inner.sweep(Instant::now());
+    assert_eq!(pool.idle_count(), burst);
+    // Idle for SURPLUS_IDLE: the surplus goes, KEEP_IDLE stay and are used again.
+    pool.inner.sweep(Instant::now() + SURPLUS_IDLE);
+    assert_eq!(pool.idle_count(), KEEP_IDLE);
+    assert_eq!(get(&pool, "/").await, "x");
+    assert_eq!(server.connections.load(Ordering::SeqCst), burst);
+    // Past the idle timeout: all go.
+    pool.inner.sweep(Instant::now() + Duration::from_secs(30));
+    assert_eq!(pool.idle_count(), 0);
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_a_connect_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
