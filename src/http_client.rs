@@ -5,6 +5,8 @@
 //! bounded number of connections.
 
 mod pool;
+/// Public for the fuzz target `fuzz/fuzz_targets/http_response.rs`.
+pub mod wire;
 
 use std::{sync::Arc, time::Duration};
 
