@@ -4,6 +4,7 @@
 //! ([`crate::tls`]); one pool per origin and worker ([`pool`]); and the wait for one of a
 //! bounded number of connections.
 
+mod conn;
 mod pool;
 /// Public for the fuzz target `fuzz/fuzz_targets/http_response.rs`.
 pub mod wire;
@@ -22,6 +23,7 @@ use crate::config::CaBundle;
 /// The connector: `http://` or `https://` (verified against the Mozilla roots and `bundle`).
 pub type Connector = HttpsConnector<HttpConnector>;
 
+pub use conn::BodyError;
 pub use pool::{Pool, PoolError, PooledBody};
 
 /// A connector giving up on a TCP connection after `connect_timeout`.
@@ -82,12 +84,12 @@ impl SlotBody {
 
 impl hyper::body::Body for SlotBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.project().body.poll_frame(cx)
     }
 

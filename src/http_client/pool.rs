@@ -1,25 +1,31 @@
 //! A pool of HTTP/1.1 connections to one origin, for one worker thread.
 //!
 //! Each pool talks to a single origin (the app, or the Pleo API) and belongs to one worker
-//! runtime (`workers.rs`), so it needs neither a per-host map nor a connection task spawned on
-//! another thread: a request takes the most recently used idle connection (or opens one) and
-//! its response body puts the connection back once the whole body has been read. A general
-//! client (hyper-util's) looks the host up in a hashed map twice, races a checkout against a
-//! lazily built connect future and spawns a task per request to wait for the connection to
-//! become idle again; that was a tenth of the instructions of a request to the app.
+//! runtime (`workers.rs`), so it needs neither a per-host map nor a task per connection: a
+//! request takes the most recently used idle connection (or opens one), its own task writes
+//! the request and reads the response ([`super::conn`]), and the response body puts the
+//! connection back once the whole body has been read.
 //!
 //! The rules are those of any HTTP/1.1 client pool:
 //! - a connection is reused only once its previous response has been read to the end (a body
-//!   dropped half-way closes its connection), and never after `101 Switching Protocols`;
+//!   dropped half-way closes its connection), after a response that was framed by its length
+//!   or chunks and did not ask to close, and never after a request the app answered before it
+//!   had all of it;
+//! - a WebSocket handshake (a request with `Upgrade`) goes on a connection of its own, which
+//!   after `101 Switching Protocols` belongs to the upgrade;
 //! - idle connections close after the pool's idle timeout and at most `max_idle` are kept;
 //! - a burst's surplus goes soon after it: beyond [`KEEP_IDLE`] connections, those idle for
 //!   [`SURPLUS_IDLE`] close (a sweep runs every [`SURPLUS_IDLE`]). A c256 burst leaves 128
-//!   connections per worker and origin, about 37 KiB each; kept for the whole idle timeout
-//!   they held the gateway's RSS at 31-32 MiB after `benches/compare.sh`, against 17 MiB
-//!   now. Under load a connection is idle for microseconds, so the rule does not close one
-//!   that is about to be used again (CPU per request at c256 unchanged);
-//! - a request that a reused connection refused before sending a byte (the server closed it
-//!   while it sat idle) is sent once more on another connection: the request was never seen.
+//!   connections per worker and origin; kept for the whole idle timeout they held the
+//!   gateway's RSS at 31-32 MiB after `benches/compare.sh`, against 17 MiB once they went.
+//!   Under load a connection is idle for microseconds, so the rule does not close one that is
+//!   about to be used again (CPU per request at c256 unchanged). A connection idle for
+//!   [`SURPLUS_IDLE`] that stays gives back its read and write buffers, which one in use keeps
+//!   from request to request;
+//! - a connection the server closed (or wrote to) while it sat idle is not used; a request
+//!   that finds its reused connection closed before any response byte arrived goes out once
+//!   more on a new one if that cannot repeat an effect: its method is idempotent (RFC 9110
+//!   §9.2.2) and nothing of its body was taken.
 
 use std::{
     pin::Pin,
@@ -32,15 +38,17 @@ use std::{
 };
 
 use axum::body::{Body, Bytes};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use hyper::{
-    body::{Frame, Incoming, SizeHint},
-    client::conn::http1::{self, SendRequest},
-};
+use http::{HeaderValue, Method, Request, Response, Uri, header};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::Connector;
+use super::{
+    Connector,
+    conn::{BodyError, Conn, ConnBody, SendError},
+    wire::{RequestFraming, encode_request_head},
+};
 
 /// Idle connections a pool keeps for its whole idle timeout; those beyond close once idle for
 /// [`SURPLUS_IDLE`].
@@ -57,7 +65,7 @@ pub enum PoolError {
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The connection failed while the request or the response head was on its way.
     #[error("the request failed")]
-    Request(#[source] hyper::Error),
+    Request(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl PoolError {
@@ -81,7 +89,7 @@ struct Inner {
     /// The `Host` header for requests that carry none: the host, and the port unless it is
     /// the scheme's default.
     host: HeaderValue,
-    /// Most recently used last.
+    /// Least recently used first.
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
     max_idle: usize,
@@ -91,7 +99,7 @@ struct Inner {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -154,72 +162,138 @@ impl Pool {
 
     /// Sends `request` (its URI may be absolute; only the path and query go on the wire) and
     /// waits for the response head.
-    pub async fn request(
-        &self,
-        mut request: Request<Body>,
-    ) -> Result<Response<PooledBody>, PoolError> {
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::from(path_and_query);
-        if !request.headers().contains_key(header::HOST) {
-            request
-                .headers_mut()
-                .insert(header::HOST, self.inner.host.clone());
+    pub async fn request(&self, request: Request<Body>) -> Result<Response<PooledBody>, PoolError> {
+        let (mut parts, body) = request.into_parts();
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, self.inner.host.clone());
         }
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        if parts.headers.contains_key(header::UPGRADE) {
+            parts.uri =
+                Uri::try_from(path_and_query).map_err(|error| PoolError::Request(error.into()))?;
+            return self.upgrade(Request::from_parts(parts, body)).await;
+        }
+        // The framing is the gateway's to choose: any the client sent is replaced.
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        let declared = parts
+            .headers
+            .remove(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        let framing = if body.is_end_stream() {
+            let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            if declared.is_some() || expects_body {
+                RequestFraming::Length(0)
+            } else {
+                RequestFraming::None
+            }
+        } else if let Some(exact) = body.size_hint().exact() {
+            RequestFraming::Length(exact)
+        } else if let Some(declared) = declared {
+            RequestFraming::Length(declared)
+        } else {
+            RequestFraming::Chunked
+        };
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        // Written once, into the first connection's buffer; a retry sends the same bytes.
+        let mut head: Option<Vec<u8>> = None;
+        let mut body = body;
         loop {
-            let (mut sender, reused) = match self.inner.checkout() {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match self.inner.checkout() {
+                Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    // After a switch of protocols the connection belongs to the upgrade.
-                    let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    let pool = keep.then(|| Arc::downgrade(&self.inner));
-                    return Ok(response.map(|body| PooledBody {
-                        body,
-                        sender: pool.map(|pool| (sender, pool)),
-                    }));
+            let head_bytes = head.take().unwrap_or_else(|| {
+                let mut out = conn.head_buffer();
+                encode_request_head(
+                    &parts.method,
+                    path_and_query,
+                    &parts.headers,
+                    framing,
+                    &mut out,
+                );
+                out
+            });
+            match conn.send(head_bytes, body, framing, &parts.method).await {
+                Ok((response, complete)) => {
+                    let reusable = response.reusable && complete;
+                    let body = ConnBody::new(conn, response.framing, reusable);
+                    let mut out = Response::new(PooledBody::own(body, Arc::downgrade(&self.inner)));
+                    *out.status_mut() = response.status;
+                    *out.version_mut() = response.version;
+                    *out.headers_mut() = response.headers;
+                    return Ok(out);
                 }
-                Err(mut error) => match error.take_message() {
-                    // Never sent, on a connection the server had closed while it was idle:
-                    // another connection can take it.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(PoolError::Request(error.into_error())),
-                },
+                Err(SendError {
+                    answered: false,
+                    unsent: Some(unsent),
+                    ..
+                }) if reused && idempotent => {
+                    // The server closed the connection as the request went out: never seen.
+                    let (unsent_head, unsent_body) = unsent;
+                    head = Some(unsent_head);
+                    body = unsent_body;
+                }
+                Err(failed) => return Err(PoolError::Request(failed.error.into())),
             }
         }
     }
 
-    /// A new connection, its task spawned on this worker's runtime.
-    async fn connect(&self) -> Result<SendRequest<Body>, PoolError> {
-        let mut connector = self.inner.connector.clone();
-        let io = connector
-            .call(self.inner.origin.clone())
-            .await
-            .map_err(PoolError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
+    /// A WebSocket handshake, on a connection of its own run by hyper (which hands the
+    /// connection to the upgrade after a 101).
+    async fn upgrade(&self, request: Request<Body>) -> Result<Response<PooledBody>, PoolError> {
+        let io = self.dial().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(PoolError::Request)?;
+            .map_err(|error| PoolError::Request(error.into()))?;
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "pooled connection closed");
+                tracing::debug!(%error, "upgraded connection closed");
             }
         });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|error| PoolError::Request(error.into()))?;
+        Ok(response.map(PooledBody::upgrade))
+    }
+
+    /// A new connection.
+    async fn connect(&self) -> Result<Box<Conn>, PoolError> {
+        let io = self.dial().await?;
         if !self.inner.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(&self.inner)));
         }
-        Ok(sender)
+        Ok(Box::new(Conn::new(TokioIo::new(io))))
+    }
+
+    async fn dial(&self) -> Result<<Connector as Service<Uri>>::Response, PoolError> {
+        let mut connector = self.inner.connector.clone();
+        connector
+            .call(self.inner.origin.clone())
+            .await
+            .map_err(PoolError::Connect)
     }
 
     /// Connections idle now (for tests).
     #[cfg(test)]
     pub fn idle_count(&self) -> usize {
         self.inner.lock_idle().len()
+    }
+
+    /// Idle connections that hold a read or write buffer (for tests).
+    #[cfg(test)]
+    pub fn idle_with_buffers(&self) -> usize {
+        let idle = self.inner.lock_idle();
+        idle.iter().filter(|idle| idle.conn.holds_buffers()).count()
     }
 }
 
@@ -231,28 +305,24 @@ impl Inner {
     }
 
     /// The most recently used idle connection that can take a request now.
-    fn checkout(&self) -> Option<SendRequest<Body>> {
+    fn checkout(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
         let mut idle = self.lock_idle();
-        while let Some(candidate) = idle.pop() {
-            if candidate.sender.is_ready()
-                && now.duration_since(candidate.since) < self.idle_timeout
+        while let Some(mut candidate) = idle.pop() {
+            if now.duration_since(candidate.since) < self.idle_timeout && candidate.conn.is_fresh()
             {
-                return Some(candidate.sender);
+                return Some(candidate.conn);
             }
-            // Closed, expired, or (rarely) not yet done with its last response: let it go.
+            // Closed, expired, or sent something unasked-for: let it go.
         }
         None
     }
 
-    fn put_back(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put_back(&self, conn: Box<Conn>) {
         let mut idle = self.lock_idle();
         if idle.len() < self.max_idle {
             idle.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -260,17 +330,20 @@ impl Inner {
 
     /// Closes the idle connections that are closed already or idle for longer than the idle
     /// timeout, and the least recently used of those beyond [`KEEP_IDLE`] that have been idle
-    /// for [`SURPLUS_IDLE`]. Dropping a connection's sender ends its task and its socket.
+    /// for [`SURPLUS_IDLE`]; those that stay, idle that long, give back their buffers.
     fn sweep(&self, now: Instant) {
         let mut idle = self.lock_idle();
         let mut surplus = idle.len().saturating_sub(KEEP_IDLE);
         // Least recently used first: the list is in the order connections came back.
-        idle.retain(|candidate| {
+        idle.retain_mut(|candidate| {
             let idle_for = now.duration_since(candidate.since);
-            let keep = !candidate.sender.is_closed() && idle_for < self.idle_timeout;
+            let keep = idle_for < self.idle_timeout && candidate.conn.is_fresh();
             if !keep || (surplus > 0 && idle_for >= SURPLUS_IDLE) {
                 surplus = surplus.saturating_sub(1);
                 return false;
+            }
+            if idle_for >= SURPLUS_IDLE {
+                candidate.conn.shed_buffers();
             }
             true
         });
@@ -299,52 +372,80 @@ async fn sweep(pool: Weak<Inner>) {
 /// (or is dropped at its end, as a server does after the last frame of a sized body).
 #[derive(Debug)]
 pub struct PooledBody {
-    body: Incoming,
-    sender: Option<(SendRequest<Body>, Weak<Inner>)>,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Own {
+        body: ConnBody,
+        pool: Weak<Inner>,
+    },
+    /// The response to a WebSocket handshake (hyper's connection).
+    Upgrade(Incoming),
 }
 
 impl PooledBody {
+    fn own(body: ConnBody, pool: Weak<Inner>) -> Self {
+        Self {
+            kind: Kind::Own { body, pool },
+        }
+    }
+
+    fn upgrade(body: Incoming) -> Self {
+        Self {
+            kind: Kind::Upgrade(body),
+        }
+    }
+
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.sender.take()
+        if let Kind::Own { body, pool } = &mut self.kind
+            && let Some(conn) = body.take_reusable()
             && let Some(pool) = pool.upgrade()
         {
-            pool.put_back(sender);
+            pool.put_back(conn);
         }
     }
 }
 
 impl hyper::body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            // A broken body leaves its connection in no state to be reused.
-            Poll::Ready(Some(Err(_))) => self.sender = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.kind {
+            Kind::Own { body, .. } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    self.release();
+                }
+                polled
+            }
+            Kind::Upgrade(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::Upgrade),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.kind {
+            Kind::Own { body, .. } => body.is_end_stream(),
+            Kind::Upgrade(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.kind {
+            Kind::Own { body, .. } => body.size_hint(),
+            Kind::Upgrade(body) => body.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if hyper::body::Body::is_end_stream(&self.body) {
-            self.release();
-        }
+        self.release();
     }
 }
 

@@ -9,6 +9,8 @@ use tokio::{
     net::TcpListener,
 };
 
+use http::StatusCode;
+
 use super::*;
 
 /// How the test server treats a connection after its first response.
@@ -19,6 +21,9 @@ enum After {
     /// Closes the connection without saying so (no `Connection: close`), as a server whose
     /// keep-alive timeout ran out does.
     Close,
+    /// Reads the next request and closes without answering it, as a server whose keep-alive
+    /// timeout ran out just as the request arrived does.
+    DropNext,
 }
 
 struct Server {
@@ -42,6 +47,7 @@ async fn server(after: After, body: &'static str) -> Server {
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
+                let mut served = false;
                 loop {
                     let mut chunk = [0u8; 4096];
                     let Ok(n) = socket.read(&mut chunk).await else {
@@ -56,6 +62,10 @@ async fn server(after: After, body: &'static str) -> Server {
                     };
                     let head = String::from_utf8_lossy(&buffer[..end]).to_string();
                     buffer.drain(..end + 4);
+                    if matches!(after, After::DropNext) && served {
+                        return;
+                    }
+                    served = true;
                     if let Some(host) = head.lines().find_map(|line| line.strip_prefix("host: ")) {
                         seen.lock().unwrap().push(host.to_owned());
                     }
@@ -137,6 +147,22 @@ async fn a_connection_the_server_closed_while_idle_is_not_an_error() {
 }
 
 #[tokio::test]
+async fn a_request_the_server_dropped_unanswered_goes_again_only_if_idempotent() {
+    let server = server(After::DropNext, "again").await;
+    let pool = pool_for(&server.origin, Duration::from_secs(30));
+    assert_eq!(get(&pool, "/").await, "again");
+    // The idle connection is open; the server reads the GET and closes: it goes again on a
+    // new connection.
+    assert_eq!(get(&pool, "/").await, "again");
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+    // A POST is not repeated, even without a body: it may have had its effect.
+    let request = Request::post("/").body(Body::empty()).unwrap();
+    let error = pool.request(request).await.unwrap_err();
+    assert!(matches!(error, PoolError::Request(_)), "{error:?}");
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn an_expired_idle_connection_is_not_used() {
     let server = server(After::KeepAlive, "x").await;
     let pool = pool_for(&server.origin, Duration::ZERO);
@@ -163,13 +189,17 @@ async fn a_bursts_surplus_closes_soon_and_a_few_stay_for_the_idle_timeout() {
     }
     assert_eq!(server.connections.load(Ordering::SeqCst), burst);
     assert_eq!(pool.idle_count(), burst);
+    assert_eq!(pool.idle_with_buffers(), burst);
 
-    // Just back: nothing goes.
+    // Just back: nothing goes, and they keep their buffers for the next request.
     pool.inner.sweep(Instant::now());
     assert_eq!(pool.idle_count(), burst);
-    // Idle for SURPLUS_IDLE: the surplus goes, KEEP_IDLE stay and are used again.
+    assert_eq!(pool.idle_with_buffers(), burst);
+    // Idle for SURPLUS_IDLE: the surplus goes, KEEP_IDLE stay (without their buffers) and are
+    // used again.
     pool.inner.sweep(Instant::now() + SURPLUS_IDLE);
     assert_eq!(pool.idle_count(), KEEP_IDLE);
+    assert_eq!(pool.idle_with_buffers(), 0);
     assert_eq!(get(&pool, "/").await, "x");
     assert_eq!(server.connections.load(Ordering::SeqCst), burst);
     // Past the idle timeout: all go.
