@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -35,6 +36,17 @@ struct Server {
 /// A server answering every request with `body` (and its length), reading requests by hand
 /// so that it can close a connection at the worst moment.
 async fn server(after: After, body: &'static str) -> Server {
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    scripted(after, response.into_bytes()).await
+}
+
+/// A server answering every request head with the bytes of `response`, without reading any
+/// request body.
+async fn scripted(after: After, response: Vec<u8>) -> Server {
+    let response = Arc::new(response);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
     let connections = Arc::new(AtomicUsize::new(0));
@@ -45,6 +57,7 @@ async fn server(after: After, body: &'static str) -> Server {
             let (mut socket, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
             let seen = Arc::clone(&seen);
+            let response = Arc::clone(&response);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let mut served = false;
@@ -69,11 +82,7 @@ async fn server(after: After, body: &'static str) -> Server {
                     if let Some(host) = head.lines().find_map(|line| line.strip_prefix("host: ")) {
                         seen.lock().unwrap().push(host.to_owned());
                     }
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if socket.write_all(response.as_bytes()).await.is_err() {
+                    if socket.write_all(&response).await.is_err() {
                         return;
                     }
                     if matches!(after, After::Close) {
@@ -160,6 +169,57 @@ async fn a_request_the_server_dropped_unanswered_goes_again_only_if_idempotent()
     let error = pool.request(request).await.unwrap_err();
     assert!(matches!(error, PoolError::Request(_)), "{error:?}");
     assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_chunked_response_is_decoded_and_its_connection_used_again() {
+    let response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;x=y\r\nhe\r\n3\r\nllo\r\n0\r\ntrailer: 1\r\n\r\n";
+    let server = scripted(After::KeepAlive, response.to_vec()).await;
+    let pool = pool_for(&server.origin, Duration::from_secs(30));
+    assert_eq!(get(&pool, "/").await, "hello");
+    assert_eq!(get(&pool, "/").await, "hello");
+    assert_eq!(server.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_is_not_used_again_after_close_or_bytes_beyond_the_response() {
+    for response in [
+        &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ] {
+        let server = scripted(After::KeepAlive, response.to_vec()).await;
+        let pool = pool_for(&server.origin, Duration::from_secs(30));
+        assert_eq!(get(&pool, "/").await, "ok");
+        assert_eq!(get(&pool, "/").await, "ok");
+        assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_response_of_uncertain_length_is_an_error() {
+    let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok";
+    let server = scripted(After::KeepAlive, response.to_vec()).await;
+    let pool = pool_for(&server.origin, Duration::from_secs(30));
+    let request = Request::get("/").body(Body::empty()).unwrap();
+    let error = pool.request(request).await.unwrap_err();
+    assert!(matches!(error, PoolError::Request(_)), "{error:?}");
+    assert_eq!(pool.idle_count(), 0);
+}
+
+#[tokio::test]
+async fn an_answer_before_the_whole_body_ends_the_connections_use() {
+    // The server answers as soon as it has the head; the body never ends.
+    let server = server(After::KeepAlive, "early").await;
+    let pool = pool_for(&server.origin, Duration::from_secs(30));
+    let chunks = futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from("part")) })
+        .chain(futures_util::stream::pending());
+    let request = Request::post("/").body(Body::from_stream(chunks)).unwrap();
+    let response = pool.request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "early");
+    assert_eq!(pool.idle_count(), 0);
 }
 
 #[tokio::test]
