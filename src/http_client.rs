@@ -6,7 +6,7 @@
 
 mod conn;
 mod pool;
-/// Public for the fuzz target `fuzz/fuzz_targets/http_response.rs`.
+// Public for the fuzz target `fuzz/fuzz_targets/http_response.rs`.
 pub mod wire;
 
 use std::{sync::Arc, time::Duration};

@@ -11,7 +11,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::body::Body;
-use http::{HeaderValue, Uri, header};
+use http::{HeaderMap, HeaderValue, Uri, header};
 use http_body_util::LengthLimitError;
 use reqwest::Method;
 use serde::Deserialize;
@@ -160,11 +160,13 @@ impl PleoApi {
     /// Sends one proxied call with `access_token` as the bearer (and the gateway's
     /// `User-Agent` if the caller sent none) and waits for the response head. The caller bounds
     /// the wait ([`timeout`](Self::timeout)) and classifies a failure ([`map_proxy_error`]).
+    /// Gives back the request's headers as they went out, for a retry with a new token
+    /// ([`crate::http_client::Pool::request_keeping_headers`]).
     pub async fn forward(
         &self,
         mut request: http::Request<Body>,
         access_token: &str,
-    ) -> Result<http::Response<PooledBody>, GatewayError> {
+    ) -> Result<(http::Response<PooledBody>, Option<HeaderMap>), GatewayError> {
         let mut bearer = HeaderValue::try_from(format!("Bearer {access_token}"))
             .map_err(|_| GatewayError::Internal("the access token is not a header value".into()))?;
         bearer.set_sensitive(true);
@@ -174,7 +176,7 @@ impl PleoApi {
             headers.insert(header::USER_AGENT, self.user_agent.clone());
         }
         self.pool
-            .request(request)
+            .request_keeping_headers(request)
             .await
             .map_err(|e| map_proxy_error(&e))
     }

@@ -38,7 +38,7 @@ use std::{
 };
 
 use axum::body::{Body, Bytes};
-use http::{HeaderValue, Method, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -163,6 +163,17 @@ impl Pool {
     /// Sends `request` (its URI may be absolute; only the path and query go on the wire) and
     /// waits for the response head.
     pub async fn request(&self, request: Request<Body>) -> Result<Response<PooledBody>, PoolError> {
+        Ok(self.request_keeping_headers(request).await?.0)
+    }
+
+    /// [`request`](Self::request), also giving back the request's headers as they went out
+    /// (without their framing fields), for a caller that may send the request again: copying
+    /// them beforehand cost an allocation per header name hyper does not know. `None` after a
+    /// WebSocket handshake, whose head goes to hyper.
+    pub async fn request_keeping_headers(
+        &self,
+        request: Request<Body>,
+    ) -> Result<(Response<PooledBody>, Option<HeaderMap>), PoolError> {
         let (mut parts, body) = request.into_parts();
         if !parts.headers.contains_key(header::HOST) {
             parts.headers.insert(header::HOST, self.inner.host.clone());
@@ -171,7 +182,8 @@ impl Pool {
         if parts.headers.contains_key(header::UPGRADE) {
             parts.uri =
                 Uri::try_from(path_and_query).map_err(|error| PoolError::Request(error.into()))?;
-            return self.upgrade(Request::from_parts(parts, body)).await;
+            let response = self.upgrade(Request::from_parts(parts, body)).await?;
+            return Ok((response, None));
         }
         // The framing is the gateway's to choose: any the client sent is replaced.
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -229,7 +241,7 @@ impl Pool {
                     *out.status_mut() = response.status;
                     *out.version_mut() = response.version;
                     *out.headers_mut() = response.headers;
-                    return Ok(out);
+                    return Ok((out, Some(parts.headers)));
                 }
                 Err(SendError {
                     answered: false,

@@ -115,13 +115,18 @@ pub async fn forward_to_pleo(
     let bytes = axum::body::to_bytes(body, REPLAYABLE_BODY_LIMIT)
         .await
         .map_err(|_| GatewayError::BadRequest("the request body could not be read".into()))?;
-    // The headers are kept for the one retry after a 401; the copy is cheap (header values
-    // share the request's buffer).
+    // The body is kept for the one retry after a 401 (a `Bytes` clone shares it); the headers
+    // come back from the pool with the answer, so nothing per header is copied.
     let body = Body::from(bytes.clone());
-    let answer = send(state, &method, &uri, outgoing.clone(), body, &session).await?;
+    let mut answer = send(state, &method, &uri, outgoing, body, &session).await?;
     if answer.response.status() != StatusCode::UNAUTHORIZED {
         return Ok(into_response(answer));
     }
+    let Some(outgoing) = answer.sent_headers.take() else {
+        // Only a WebSocket handshake keeps no headers, and none reaches Pleo (`Upgrade` is
+        // hop-by-hop): nothing to send again.
+        return Ok(into_response(answer));
+    };
     // The rejected answer's connection goes back before the retry takes one.
     drop(answer);
     // Pleo rejected a token we believed valid (revoked or expired early): refresh once, retry
@@ -173,6 +178,8 @@ struct Answer {
     slot: OwnedSemaphorePermit,
     /// `pleo.request_timeout`: the longest pause in the body.
     quiet_limit: Duration,
+    /// The request's headers as they went out, for the one retry after a 401.
+    sent_headers: Option<HeaderMap>,
 }
 
 async fn send_now(
@@ -200,12 +207,13 @@ async fn send_now(
     .instrument(call.span())
     .await;
     match sent {
-        Ok(Ok(response)) => {
+        Ok(Ok((response, sent_headers))) => {
             call.finish(CallResult::Status(response.status().as_u16()));
             Ok(Answer {
                 response,
                 slot,
                 quiet_limit: state.pleo_api.timeout(),
+                sent_headers,
             })
         }
         // The caller's own body: not Pleo's doing, not counted against it.
@@ -368,7 +376,7 @@ mod tests {
         let api = PleoApi::new(&config.pleo).unwrap();
         let mut request = http::Request::new(Body::empty());
         *request.uri_mut() = api.uri("/v2/employees", Some("limit=1")).unwrap();
-        api.forward(request, "the-access-token").await.unwrap()
+        api.forward(request, "the-access-token").await.unwrap().0
     }
 
     #[tokio::test]

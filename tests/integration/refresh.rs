@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::support::{
     Options, SESSION_COOKIE, StoreKind, TestEnv, bearer_seen_by_pleo, eventually, json_body,
-    session_set_cookie, wait_until_refresh_due,
+    session_set_cookie, sha256_hex, wait_until_refresh_due,
 };
 
 /// Access tokens live 3 s; the 2 s margin is capped at half of that, so refresh is due at 1.5 s.
@@ -154,6 +154,44 @@ async fn pleo_401_on_a_valid_looking_token_refreshes_and_retries_once() {
     assert_eq!(
         stats.token_requests, 3,
         "exchange, one refresh, one refused refresh"
+    );
+}
+
+/// The retry after Pleo's 401 is the same request with the new bearer: its method, path, query,
+/// headers and body as the first attempt sent them (the pool hands the headers back).
+#[tokio::test]
+async fn the_retry_after_a_401_repeats_the_request_with_the_new_token() {
+    let env = TestEnv::start(Options::new(StoreKind::Memory)).await;
+    let browser = env.browser();
+    browser.login().await;
+    env.mock.expire_access_tokens();
+
+    let request = browser
+        .post("/pleo/echo/expenses?page=2")
+        .header("X-CSRF", "1")
+        .header("x-custom-one", "kept")
+        .header("x-custom-two", "also kept")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(r#"{"amount":12}"#);
+    let response = browser.send(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let stats = env.mock.stats();
+    assert_eq!(stats.api_unauthorized, 1, "the first attempt was refused");
+    assert_eq!(stats.refresh_token_grants, 1);
+    let echo = json_body(response).await;
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/echo/expenses");
+    assert_eq!(echo["query"], "page=2");
+    assert_eq!(echo["headers"]["x-custom-one"], "kept");
+    assert_eq!(echo["headers"]["x-custom-two"], "also kept");
+    assert_eq!(echo["headers"]["content-type"], "application/json");
+    assert_eq!(echo["headers"]["content-length"], "13");
+    assert_eq!(echo["body_sha256"], sha256_hex(br#"{"amount":12}"#));
+    let latest = env.tap.issued()[1].access_token.clone();
+    assert_eq!(
+        echo["headers"]["authorization"],
+        format!("Bearer {latest}"),
+        "one bearer, the new one"
     );
 }
 
