@@ -166,7 +166,7 @@ impl PleoApi {
         &self,
         mut request: http::Request<Body>,
         access_token: &str,
-    ) -> Result<(http::Response<PooledBody>, Option<HeaderMap>), GatewayError> {
+    ) -> Result<(http::Response<PooledBody>, HeaderMap), GatewayError> {
         let mut bearer = HeaderValue::try_from(format!("Bearer {access_token}"))
             .map_err(|_| GatewayError::Internal("the access token is not a header value".into()))?;
         bearer.set_sensitive(true);

@@ -38,7 +38,7 @@ use std::{
 };
 
 use axum::body::{Body, Bytes};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -47,7 +47,7 @@ use tower::Service;
 use super::{
     Connector,
     conn::{BodyError, Conn, ConnBody, SendError},
-    wire::{RequestFraming, encode_request_head},
+    wire::{encode_request_head, request_framing},
 };
 
 /// Idle connections a pool keeps for its whole idle timeout; those beyond close once idle for
@@ -168,12 +168,11 @@ impl Pool {
 
     /// [`request`](Self::request), also giving back the request's headers as they went out
     /// (without their framing fields), for a caller that may send the request again: copying
-    /// them beforehand cost an allocation per header name hyper does not know. `None` after a
-    /// WebSocket handshake, whose head goes to hyper.
+    /// them beforehand cost an allocation per header name hyper does not know.
     pub async fn request_keeping_headers(
         &self,
         request: Request<Body>,
-    ) -> Result<(Response<PooledBody>, Option<HeaderMap>), PoolError> {
+    ) -> Result<(Response<PooledBody>, HeaderMap), PoolError> {
         let (mut parts, body) = request.into_parts();
         if !parts.headers.contains_key(header::HOST) {
             parts.headers.insert(header::HOST, self.inner.host.clone());
@@ -182,8 +181,11 @@ impl Pool {
         if parts.headers.contains_key(header::UPGRADE) {
             parts.uri =
                 Uri::try_from(path_and_query).map_err(|error| PoolError::Request(error.into()))?;
+            // hyper takes the head of a WebSocket handshake: a copy to give back (one per
+            // handshake, not per request).
+            let headers = parts.headers.clone();
             let response = self.upgrade(Request::from_parts(parts, body)).await?;
-            return Ok((response, None));
+            return Ok((response, headers));
         }
         // The framing is the gateway's to choose: any the client sent is replaced.
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -191,28 +193,11 @@ impl Pool {
             .headers
             .remove(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        let framing = if body.is_end_stream() {
-            let expects_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-            if declared.is_some() || expects_body {
-                RequestFraming::Length(0)
-            } else {
-                RequestFraming::None
-            }
-        } else if let Some(exact) = body.size_hint().exact() {
-            RequestFraming::Length(exact)
-        } else if let Some(declared) = declared {
-            RequestFraming::Length(declared)
-        } else {
-            RequestFraming::Chunked
-        };
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
+        let framing = request_framing(
+            &parts.method,
+            body.is_end_stream(),
+            body.size_hint().exact(),
+            declared,
         );
         // Written once, into the first connection's buffer; a retry sends the same bytes.
         let mut head: Option<Vec<u8>> = None;
@@ -241,13 +226,13 @@ impl Pool {
                     *out.status_mut() = response.status;
                     *out.version_mut() = response.version;
                     *out.headers_mut() = response.headers;
-                    return Ok((out, Some(parts.headers)));
+                    return Ok((out, parts.headers));
                 }
                 Err(SendError {
                     answered: false,
                     unsent: Some(unsent),
                     ..
-                }) if reused && idempotent => {
+                }) if reused && parts.method.is_idempotent() => {
                     // The server closed the connection as the request went out: never seen.
                     let (unsent_head, unsent_body) = unsent;
                     head = Some(unsent_head);

@@ -44,6 +44,31 @@ pub enum RequestFraming {
     Chunked,
 }
 
+/// How a request's body goes on the wire; the gateway chooses, whatever framing the client
+/// used. `empty`: the body is known to hold nothing; `exact`: its length, if known;
+/// `declared`: the request's `Content-Length`. An empty body is sent as `Content-Length: 0`
+/// where the method expects a body or the client said so, and without any framing otherwise;
+/// a body of unknown length is chunked.
+pub fn request_framing(
+    method: &Method,
+    empty: bool,
+    exact: Option<u64>,
+    declared: Option<u64>,
+) -> RequestFraming {
+    if empty {
+        let expects_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+        if declared.is_some() || expects_body {
+            RequestFraming::Length(0)
+        } else {
+            RequestFraming::None
+        }
+    } else if let Some(length) = exact.or(declared) {
+        RequestFraming::Length(length)
+    } else {
+        RequestFraming::Chunked
+    }
+}
+
 /// Writes `METHOD path HTTP/1.1`, the fields of `headers` and the framing field. `headers`
 /// must hold no `Content-Length` or `Transfer-Encoding` of its own; names and values are valid
 /// already (the `http` types hold no CR or LF), so nothing here can split the head.

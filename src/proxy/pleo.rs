@@ -118,17 +118,19 @@ pub async fn forward_to_pleo(
     // The body is kept for the one retry after a 401 (a `Bytes` clone shares it); the headers
     // come back from the pool with the answer, so nothing per header is copied.
     let body = Body::from(bytes.clone());
-    let mut answer = send(state, &method, &uri, outgoing, body, &session).await?;
+    let answer = send(state, &method, &uri, outgoing, body, &session).await?;
     if answer.response.status() != StatusCode::UNAUTHORIZED {
         return Ok(into_response(answer));
     }
-    let Some(outgoing) = answer.sent_headers.take() else {
-        // Only a WebSocket handshake keeps no headers, and none reaches Pleo (`Upgrade` is
-        // hop-by-hop): nothing to send again.
-        return Ok(into_response(answer));
-    };
-    // The rejected answer's connection goes back before the retry takes one.
-    drop(answer);
+    // The rejected answer's connection and slot go back before the retry takes them; its
+    // headers go out again.
+    let Answer {
+        response,
+        slot,
+        sent_headers: outgoing,
+        ..
+    } = answer;
+    drop((response, slot));
     // Pleo rejected a token we believed valid (revoked or expired early): refresh once, retry
     // once. If another request already refreshed, the coordinator hands back that token.
     tracing::info!(
@@ -179,7 +181,7 @@ struct Answer {
     /// `pleo.request_timeout`: the longest pause in the body.
     quiet_limit: Duration,
     /// The request's headers as they went out, for the one retry after a 401.
-    sent_headers: Option<HeaderMap>,
+    sent_headers: HeaderMap,
 }
 
 async fn send_now(

@@ -45,6 +45,41 @@ fn the_request_head_is_the_method_path_fields_and_framing() {
 }
 
 #[test]
+fn the_request_framing_is_the_gateways_choice() {
+    use RequestFraming::{Chunked, Length, None};
+    // Empty: no framing for a GET, an explicit zero where a body is expected or was declared.
+    assert_eq!(
+        request_framing(&Method::GET, true, Some(0), Option::None),
+        None
+    );
+    assert_eq!(
+        request_framing(&Method::GET, true, Some(0), Some(0)),
+        Length(0)
+    );
+    assert_eq!(
+        request_framing(&Method::POST, true, Some(0), Option::None),
+        Length(0)
+    );
+    assert_eq!(
+        request_framing(&Method::PATCH, true, Option::None, Option::None),
+        Length(0)
+    );
+    // The body's own exact length wins over the declared one; without either, chunks.
+    assert_eq!(
+        request_framing(&Method::PUT, false, Some(5), Some(9)),
+        Length(5)
+    );
+    assert_eq!(
+        request_framing(&Method::PUT, false, Option::None, Some(9)),
+        Length(9)
+    );
+    assert_eq!(
+        request_framing(&Method::POST, false, Option::None, Option::None),
+        Chunked
+    );
+}
+
+#[test]
 fn chunk_sizes_are_lower_case_hex() {
     for (len, line) in [
         (0, "0\r\n"),
