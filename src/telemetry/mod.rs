@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod otel;
 mod process;
 mod series;
+mod text_fields;
 
 use std::time::Duration;
 
@@ -112,8 +113,21 @@ where
             .with_filter(filter)
             .boxed()
     } else {
-        fmt::layer().with_target(false).with_filter(filter).boxed()
+        fmt::layer()
+            .with_target(false)
+            .fmt_fields(text_fields::TextFields)
+            .with_ansi(colour())
+            .with_filter(filter)
+            .boxed()
     }
+}
+
+/// Whether text lines carry colour codes: only on a terminal, and not with `NO_COLOR` set
+/// (<https://no-color.org>). A container's stdout goes to a log collector, where the codes would
+/// be noise in every line (and cost a third of formatting the request span).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// One finished token refresh of session `session` (the key's short prefix): its metrics and
