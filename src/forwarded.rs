@@ -32,14 +32,48 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub struct Forwarding {
     /// The client's address.
     pub client: IpAddr,
-    /// Hops from the client to the gateway: the client first, the gateway's peer last.
-    pub chain: Vec<IpAddr>,
+    /// Hops from the client to the gateway (see [`Forwarding::chain`]); empty when the peer is
+    /// the client, so that the usual request needs no list of its own.
+    chain: Vec<IpAddr>,
     /// `http` or `https`, as the browser used it.
     pub proto: &'static str,
     /// The host (and port) the browser addressed.
-    pub host: String,
+    pub host: HeaderValue,
     /// Whether the peer is a trusted proxy (whose other `X-Forwarded-*` headers may pass).
     pub peer_trusted: bool,
+}
+
+impl Forwarding {
+    /// Hops from the client to the gateway: the client first, the gateway's peer last.
+    pub fn chain(&self) -> &[IpAddr] {
+        if self.chain.is_empty() {
+            std::slice::from_ref(&self.client)
+        } else {
+            &self.chain
+        }
+    }
+}
+
+/// How browsers reach the gateway unless a trusted proxy says otherwise: `server.public_url`'s
+/// scheme and authority, worked out once instead of for every request.
+#[derive(Clone, Debug)]
+pub struct PublicOrigin {
+    proto: &'static str,
+    host: HeaderValue,
+}
+
+impl PublicOrigin {
+    pub fn new(public_url: &Url) -> Self {
+        let proto = if public_url.scheme() == "https" {
+            "https"
+        } else {
+            "http"
+        };
+        // A parsed URL's authority holds no byte a header value may not.
+        let host = HeaderValue::from_str(&authority_of(public_url))
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Self { proto, host }
+    }
 }
 
 /// Works out the client, protocol and host of a request that arrived from `peer`.
@@ -47,22 +81,17 @@ pub fn resolve(
     peer: IpAddr,
     trusted: &[IpNet],
     inbound: &HeaderMap,
-    public_url: &Url,
+    public: &PublicOrigin,
 ) -> Forwarding {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let peer = peer.to_canonical();
-    let default_proto = if public_url.scheme() == "https" {
-        "https"
-    } else {
-        "http"
-    };
-    let default_host = authority_of(public_url);
+    let default_proto = public.proto;
     if !is_trusted(&peer) {
         return Forwarding {
             client: peer,
-            chain: vec![peer],
+            chain: Vec::new(),
             proto: default_proto,
-            host: default_host,
+            host: public.host.clone(),
             peer_trusted: false,
         };
     }
@@ -101,8 +130,8 @@ pub fn resolve(
                 .and_then(|v| v.to_str().ok())
         })
         .filter(|h| is_plain_authority(h))
-        .map(str::to_owned)
-        .unwrap_or(default_host);
+        .and_then(|h| HeaderValue::from_str(h).ok())
+        .unwrap_or_else(|| public.host.clone());
     Forwarding {
         client: chain.first().copied().unwrap_or(peer),
         chain,
@@ -123,7 +152,7 @@ pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
         headers.remove(name);
     }
     let chain = header_value(|out| {
-        for (index, hop) in forwarding.chain.iter().enumerate() {
+        for (index, hop) in forwarding.chain().iter().enumerate() {
             if index > 0 {
                 out.write_all(b", ")?;
             }
@@ -142,9 +171,7 @@ pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
             "http"
         }),
     );
-    if let Ok(host) = HeaderValue::from_str(&forwarding.host) {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
+    headers.insert(X_FORWARDED_HOST, forwarding.host.clone());
     if let Some(client) = header_value(|out| write_ip(out, &forwarding.client)) {
         headers.insert(X_REAL_IP, client);
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::{
     backoff::KeyedBackoff,
     config::{Config, SessionStoreKind},
+    forwarded::PublicOrigin,
     identity::Identity,
     pleo_api::PleoApi,
     pleo_budget::PleoBudget,
@@ -70,6 +71,8 @@ pub struct Shared {
     pub identity: Arc<Identity>,
     /// What `/readyz` answers; the shutdown sequence turns it to draining.
     pub readiness: Readiness,
+    /// `server.public_url`'s scheme and host, as forwarding headers carry them.
+    pub public_origin: PublicOrigin,
 }
 
 impl AppState {
@@ -144,6 +147,7 @@ impl AppState {
             });
         }
         Ok(Self(Arc::new(Shared {
+            public_origin: PublicOrigin::new(&config.server.public_url),
             config: Arc::new(config),
             sessions,
             logins,

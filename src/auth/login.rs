@@ -118,7 +118,7 @@ fn check_rate(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result
         peer.ip(),
         &state.config.server.trusted_proxies,
         headers,
-        &state.config.server.public_url,
+        &state.public_origin,
     )
     .client;
     state.login_limiter.check(client).map_err(|retry_after| {

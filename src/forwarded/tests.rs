@@ -2,8 +2,8 @@ use super::*;
 use crate::test_support::header_map as headers;
 use proptest::prelude::*;
 
-fn url() -> Url {
-    Url::parse("https://app.example.com").unwrap()
+fn url() -> PublicOrigin {
+    PublicOrigin::new(&Url::parse("https://app.example.com").unwrap())
 }
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
@@ -24,7 +24,7 @@ fn untrusted_peer_is_the_client_whatever_it_claims() {
     ]);
     let f = resolve(ip("198.51.100.1"), &nets(&["10.0.0.0/8"]), &inbound, &url());
     assert_eq!(f.client, ip("198.51.100.1"));
-    assert_eq!(f.chain, vec![ip("198.51.100.1")]);
+    assert_eq!(f.chain(), [ip("198.51.100.1")]);
     assert_eq!(f.proto, "https");
     assert_eq!(f.host, "app.example.com");
     assert!(!f.peer_trusted);
@@ -41,7 +41,7 @@ fn trusted_chain_is_walked_from_the_right() {
     let f = resolve(ip("10.0.0.9"), &nets(&["10.0.0.0/8"]), &inbound, &url());
     assert_eq!(f.client, ip("203.0.113.7"));
     assert_eq!(
-        f.chain,
+        f.chain(),
         vec![ip("203.0.113.7"), ip("10.0.0.5"), ip("10.0.0.9")]
     );
     assert_eq!(f.proto, "https");
@@ -100,7 +100,7 @@ fn a_chain_longer_than_the_stack_buffer_is_written_whole() {
         client: hops[0],
         chain: hops.clone(),
         proto: "https",
-        host: "app.example.com".into(),
+        host: HeaderValue::from_static("app.example.com"),
         peer_trusted: true,
     };
     let mut out = HeaderMap::new();
@@ -274,6 +274,6 @@ proptest! {
             prop_assert_eq!(out["x-forwarded-for"].to_str().unwrap(), peer.to_string());
         }
         // Whoever is named, it is never an address the chain did not end in or walk to.
-        prop_assert_eq!(f.chain.last().copied(), Some(peer));
+        prop_assert_eq!(f.chain().last().copied(), Some(peer));
     }
 }

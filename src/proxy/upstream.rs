@@ -119,7 +119,7 @@ pub async fn proxy_to_upstream(
         peer.ip(),
         &state.config.server.trusted_proxies,
         &parts.headers,
-        &state.config.server.public_url,
+        &state.public_origin,
     );
     let request_id = parts
         .extensions

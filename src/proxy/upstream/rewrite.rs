@@ -168,7 +168,7 @@ mod tests {
             "198.51.100.1".parse().unwrap(),
             &[],
             &HeaderMap::new(),
-            &url,
+            &forwarded::PublicOrigin::new(&url),
         )
     }
 
