@@ -29,6 +29,7 @@
 #   PLEO_RATE_LIMIT  the gateway's pleo.rate_limit_per_minute (default 0 = off, so /pleo measures
 #                    proxying rather than the budget's 429s; the budget costs a Redis round trip)
 #   ACCESS_LOG       the gateway's server.access_log (default false, as nginx's is off here)
+#   RUST_LOG         the gateway's log filter (default: its own, info)
 #   GATEWAY_BIN      a binary to use instead of building one (e.g. one with debug info)
 #   GATEWAY_WRAPPER  a command the gateway (not the mock) runs under, e.g. valgrind
 #                    (instructions.sh); the gateway then gets 60 s to come up instead of 10
@@ -153,8 +154,10 @@ export PLEO_GATEWAY__SESSION__STORE=redis
 export PLEO_GATEWAY__SESSION__REDIS_URL="redis://127.0.0.1:$redis_port"
 PLEO_GATEWAY__SESSION__ENCRYPTION_KEYS="$(head -c 32 /dev/urandom | base64)"
 export PLEO_GATEWAY__SESSION__ENCRYPTION_KEYS
+# The gateway logs at its default level (info; RUST_LOG from the caller's environment if set),
+# as operators run it: every request then opens its span, which a level of warn would skip.
 # shellcheck disable=SC2086 # GATEWAY_WRAPPER is a command line, split on purpose
-RUST_LOG=${RUST_LOG:-warn} ${GATEWAY_WRAPPER:-} "$bin" >"$work/gateway.log" 2>&1 &
+${GATEWAY_WRAPPER:-} "$bin" >"$work/gateway.log" 2>&1 &
 gw_pid=$!; pids+=("$gw_pid")
 WAIT_TENTHS=${GATEWAY_WRAPPER:+600} wait_http "http://127.0.0.1:$gw_port/healthz"
 
