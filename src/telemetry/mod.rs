@@ -12,6 +12,7 @@ pub mod calls;
 pub mod metrics;
 pub mod otel;
 mod process;
+mod json_fields;
 mod series;
 mod text_fields;
 
@@ -110,6 +111,7 @@ where
             .json()
             .with_current_span(false)
             .with_span_list(true)
+            .fmt_fields(json_fields::JsonSpanFields)
             .with_filter(filter)
             .boxed()
     } else {

@@ -55,7 +55,7 @@ impl TextVisitor<'_> {
 }
 
 /// Whether `value`'s `Debug` form is `"value"`: printable ASCII without `"` and `\`.
-fn needs_no_escaping(value: &str) -> bool {
+pub(super) fn needs_no_escaping(value: &str) -> bool {
     value
         .bytes()
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
