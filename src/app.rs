@@ -17,16 +17,19 @@ use tower::ServiceBuilder;
 
 use crate::{
     auth,
-    edge::EdgeLayer,
+    edge::{Edge, EdgeLayer},
     error::GatewayError,
     proxy,
     readiness::Phase,
-    telemetry::access_log::{self, AccessLog, ObserveLayer},
+    telemetry::access_log::{self, AccessLog, Observe, ObserveLayer},
 };
+
+/// The gateway's whole stack: the router inside the edge and observe layers.
+pub type Gateway = Edge<Observe<Router>>;
 
 /// The router with the whole middleware stack. Separate from serving so tests can drive it
 /// with `oneshot` or a real listener.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: AppState) -> Gateway {
     // Without a metrics listener nothing would ever read the metrics: no recorder, so every
     // metric call is a no-op.
     if state.config.server.metrics_listen.is_some() {
@@ -78,8 +81,9 @@ pub fn app(state: AppState) -> Router {
         .with_state(state);
     // The stack wraps the router once, as one service, instead of each route through
     // `Router::layer` (which boxes every route's stack and clones it into a fresh box on each
-    // request). The outer Router only keeps the type callers serve.
-    let stack = ServiceBuilder::new()
+    // request). It is served as it is: wrapped in a Router of its own, as it once was, every
+    // request was routed a second time (a url-params extension and a boxed clone).
+    ServiceBuilder::new()
         // Outermost: request ids (an inbound one only from a trusted proxy) exist before the
         // request's span starts, and secrets are marked sensitive before anything could log
         // headers; on the way out, the id and HTML error pages.
@@ -89,8 +93,7 @@ pub fn app(state: AppState) -> Router {
         // names the path or query: the query of /auth/callback carries the authorisation code
         // and state, which must not reach a log line.
         .layer(ObserveLayer(access_log))
-        .service(router);
-    Router::new().fallback_service(stack)
+        .service(router)
 }
 
 async fn not_found() -> GatewayError {
@@ -135,11 +138,21 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Serves `router` on `listener` with default limits until `shutdown` resolves, then drains
 /// in-flight requests. `main` uses [`crate::server::serve`] with the configured limits.
-pub async fn run(
+pub async fn run<S>(
     listener: tokio::net::TcpListener,
-    router: Router,
+    router: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     crate::server::serve(
         listener,
         router,

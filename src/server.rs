@@ -19,6 +19,7 @@
 
 use std::{
     collections::BTreeMap,
+    convert::Infallible,
     future::Future,
     io,
     net::SocketAddr,
@@ -31,7 +32,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::ConnectInfo, http::Request};
+use axum::{body::Body, extract::ConnectInfo, http::Request, response::Response};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -43,7 +44,7 @@ use tokio::{
     sync::{Notify, oneshot},
     time::Sleep,
 };
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// Limits of the listener.
 #[derive(Clone, Copy, Debug)]
@@ -89,14 +90,19 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// hyper refuses read buffers below 8 KiB.
 const MIN_BUF: usize = 8 * 1024;
 
-/// Serves `router` until `shutdown` resolves, then stops accepting and lets open connections
-/// finish for up to `shutdown_timeout`.
-pub async fn serve(
+/// Serves `router` (the gateway's whole stack, or any axum `Router`) until `shutdown`
+/// resolves, then stops accepting and lets open connections finish for up to
+/// `shutdown_timeout`.
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_buf_size(options.max_header_bytes.max(MIN_BUF))
         .timer(TokioTimer::new())
@@ -139,7 +145,8 @@ pub async fn serve(
                         served.store(true, Ordering::Relaxed);
                         crate::memory::note_request();
                         request.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
-                        request
+                        // As axum's Router does with any body it is given.
+                        request.map(Body::new)
                     }
                 });
                 let connection = http

@@ -20,8 +20,11 @@
 
 use std::{future::Future, net::SocketAddr, num::NonZeroUsize};
 
-use axum::Router;
+use std::convert::Infallible;
+
+use axum::{body::Body, http::Request, response::Response};
 use tokio::sync::oneshot;
+use tower::Service;
 
 use crate::server::{ServeOptions, serve};
 
@@ -78,14 +81,16 @@ fn tcp_socket(address: SocketAddr) -> std::io::Result<socket2::Socket> {
 /// Serves one worker per listener, each on its own thread and single-threaded runtime, with
 /// the router `router(worker index)` builds there (so its clients' connections live on that
 /// runtime). Returns when every worker has drained, or with the first worker's error.
-pub async fn serve_workers<R, C, F>(
+pub async fn serve_workers<R, S, C, F>(
     listeners: Vec<std::net::TcpListener>,
     router: R,
     options: ServeOptions,
     closing: C,
 ) -> anyhow::Result<()>
 where
-    R: Fn(usize) -> anyhow::Result<Router> + Send + Sync + 'static,
+    R: Fn(usize) -> anyhow::Result<S> + Send + Sync + 'static,
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
     C: Fn() -> F,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -120,13 +125,17 @@ where
     first_error.map_or(Ok(()), Err)
 }
 
-fn run_worker(
+fn run_worker<S>(
     index: usize,
     listener: std::net::TcpListener,
-    router: &(dyn Fn(usize) -> anyhow::Result<Router> + Send + Sync),
+    router: &(dyn Fn(usize) -> anyhow::Result<S> + Send + Sync),
     options: ServeOptions,
     closing: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -183,7 +192,7 @@ mod tests {
         let served = tokio::spawn(serve_workers(
             listeners,
             |index| {
-                Ok(Router::new().route(
+                Ok(axum::Router::new().route(
                     "/",
                     axum::routing::get(move || async move { format!("worker {index}") }),
                 ))
