@@ -138,21 +138,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Serves `router` on `listener` with default limits until `shutdown` resolves, then drains
 /// in-flight requests. `main` uses [`crate::server::serve`] with the configured limits.
-pub async fn run<S>(
+pub async fn run(
     listener: tokio::net::TcpListener,
-    router: S,
+    router: impl crate::server::Served,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    S: tower::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> std::io::Result<()> {
     crate::server::serve(
         listener,
         router,

@@ -87,22 +87,36 @@ impl ServeOptions {
 /// it, for ever.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What a listener serves: the gateway's whole stack (`app::Gateway`) or any axum
+/// `Router`.
+pub trait Served:
+    Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Served for S where
+    S: Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// hyper refuses read buffers below 8 KiB.
 const MIN_BUF: usize = 8 * 1024;
 
 /// Serves `router` (the gateway's whole stack, or any axum `Router`) until `shutdown`
 /// resolves, then stops accepting and lets open connections finish for up to
 /// `shutdown_timeout`.
-pub async fn serve<S>(
+pub async fn serve(
     listener: TcpListener,
-    router: S,
+    router: impl Served,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_buf_size(options.max_header_bytes.max(MIN_BUF))
         .timer(TokioTimer::new())

@@ -26,3 +26,32 @@ pub fn private_ca_pem() -> String {
         .push(DnType::CommonName, "pleo-gateway test CA");
     params.self_signed(&key).unwrap().pem()
 }
+
+/// What a log layer wrote, for tests that compare log lines: give [`LogSink::writer`] to
+/// `with_writer`, read [`LogSink::text`] afterwards.
+#[derive(Clone, Default)]
+pub struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogSink {
+    /// A writer per line, all appending to this sink.
+    pub fn writer(&self) -> impl Fn() -> LogSink + Send + Sync + 'static {
+        let sink = self.clone();
+        move || sink.clone()
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -20,13 +20,9 @@
 
 use std::{future::Future, net::SocketAddr, num::NonZeroUsize};
 
-use std::convert::Infallible;
-
-use axum::{body::Body, http::Request, response::Response};
 use tokio::sync::oneshot;
-use tower::Service;
 
-use crate::server::{ServeOptions, serve};
+use crate::server::{ServeOptions, Served, serve};
 
 /// How many workers serve the main listener: `configured`, or with 0 the cores this process
 /// may use (its CPU affinity and cgroup quota, as `std::thread::available_parallelism` reads
@@ -89,8 +85,7 @@ pub async fn serve_workers<R, S, C, F>(
 ) -> anyhow::Result<()>
 where
     R: Fn(usize) -> anyhow::Result<S> + Send + Sync + 'static,
-    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Served,
     C: Fn() -> F,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -133,8 +128,7 @@ fn run_worker<S>(
     closing: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()>
 where
-    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Served,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -23,7 +23,7 @@ use tracing_subscriber::{
     },
 };
 
-use super::text_fields::needs_no_escaping;
+use super::text_fields::{joined, needs_no_escaping};
 
 /// The JSON log's span field formatter (see the module's documentation).
 #[derive(Debug, Default, Clone, Copy)]
@@ -110,25 +110,21 @@ impl PlainFields {
         {
             return None;
         }
-        let mut len = 0;
-        let mut put = |part: &[u8]| {
-            let end = len + part.len();
-            let slot = self.object.get_mut(len..end)?;
-            slot.copy_from_slice(part);
-            len = end;
-            Some(())
-        };
-        put(b"{")?;
-        for (n, &i) in order.iter().enumerate() {
+        let fields = order.iter().enumerate().flat_map(|(n, &i)| {
             let (start, end) = self.spans[i];
-            put(if n == 0 { b"\"" } else { b",\"" })?;
-            put(self.names[i].as_bytes())?;
-            put(b"\":\"")?;
-            put(&self.values[start..end])?;
-            put(b"\"")?;
-        }
-        put(b"}")?;
-        std::str::from_utf8(&self.object[..len]).ok()
+            let open: &[u8] = if n == 0 { b"\"" } else { b",\"" };
+            [
+                open,
+                self.names[i].as_bytes(),
+                b"\":\"",
+                &self.values[start..end],
+                b"\"",
+            ]
+        });
+        let object = std::iter::once(&b"{"[..])
+            .chain(fields)
+            .chain(std::iter::once(&b"}"[..]));
+        joined(&mut self.object, object)
     }
 }
 
@@ -162,27 +158,25 @@ impl Visit for PlainFields {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use proptest::prelude::*;
     use tracing_subscriber::prelude::*;
 
     use super::*;
+    use crate::test_support::LogSink;
 
     /// The JSON lines of one span, a field recorded on it later and an event inside it.
     fn log_with<F>(fields: F, id: &str, method: &str, later: &str) -> String
     where
         F: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
-        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = Arc::clone(&out);
+        let out = LogSink::default();
         let layer = tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(false)
             .with_span_list(true)
             .fmt_fields(fields)
             .without_time()
-            .with_writer(move || Sink(Arc::clone(&sink)));
+            .with_writer(out.writer());
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
@@ -199,20 +193,7 @@ mod tests {
             let numbers = tracing::info_span!("numbers", count = 3, flag = true, id);
             numbers.in_scope(|| tracing::warn!("inside"));
         });
-        let bytes = out.lock().unwrap().clone();
-        String::from_utf8(bytes).unwrap()
-    }
-
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        out.text()
     }
 
     #[test]

@@ -61,6 +61,21 @@ pub(super) fn needs_no_escaping(value: &str) -> bool {
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
+/// `parts` joined in `buf`, if they fit: written in one piece instead of one per part, since a
+/// span's text grows from empty and each write may reallocate it.
+pub(super) fn joined<'b, 'p>(
+    buf: &'b mut [u8],
+    parts: impl IntoIterator<Item = &'p [u8]>,
+) -> Option<&'b str> {
+    let mut len = 0;
+    for part in parts {
+        let end = len + part.len();
+        buf.get_mut(len..end)?.copy_from_slice(part);
+        len = end;
+    }
+    std::str::from_utf8(buf.get(..len)?).ok()
+}
+
 impl Visit for TextVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.result.is_err() {
@@ -81,20 +96,10 @@ impl Visit for TextVisitor<'_> {
         let separator = if self.is_empty { "" } else { " " };
         self.is_empty = false;
         let parts = [separator, name, "=\"", value, "\""];
-        // One write instead of five: the span's text grows from empty, and each write may
-        // reallocate it.
         let mut line = [0u8; 128];
-        let mut len = 0;
-        let fits = parts.iter().all(|part| {
-            let end = len + part.len();
-            line.get_mut(len..end)
-                .map(|slot| slot.copy_from_slice(part.as_bytes()))
-                .inspect(|()| len = end)
-                .is_some()
-        });
-        self.result = match std::str::from_utf8(&line[..len]) {
-            Ok(text) if fits => self.writer.write_str(text),
-            _ => parts
+        self.result = match joined(&mut line, parts.map(str::as_bytes)) {
+            Some(text) => self.writer.write_str(text),
+            None => parts
                 .into_iter()
                 .try_for_each(|part| self.writer.write_str(part)),
         };
@@ -117,25 +122,23 @@ impl Visit for TextVisitor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use proptest::prelude::*;
     use tracing_subscriber::{fmt::format::DefaultFields, prelude::*};
 
     use super::*;
+    use crate::test_support::LogSink;
 
     /// Formats the fields of one span and one event, inside it, with `fields` and ANSI `ansi`.
     fn log_with<F>(fields: F, ansi: bool, id: &str, method: &str, note: &str) -> String
     where
         F: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
-        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = Arc::clone(&out);
+        let out = LogSink::default();
         let layer = tracing_subscriber::fmt::layer()
             .fmt_fields(fields)
             .with_ansi(ansi)
             .without_time()
-            .with_writer(move || Sink(Arc::clone(&sink)));
+            .with_writer(out.writer());
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("request", request_id = id, method, r#type = "x");
@@ -151,20 +154,7 @@ mod tests {
                 note
             );
         });
-        let bytes = out.lock().unwrap().clone();
-        String::from_utf8(bytes).unwrap()
-    }
-
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        out.text()
     }
 
     #[test]
