@@ -17,6 +17,7 @@ use tower::ServiceBuilder;
 
 use crate::{
     auth,
+    dispatch::Dispatch,
     edge::{Edge, EdgeLayer},
     error::GatewayError,
     proxy,
@@ -24,8 +25,9 @@ use crate::{
     telemetry::access_log::{self, AccessLog, Observe, ObserveLayer},
 };
 
-/// The gateway's whole stack: the router inside the edge and observe layers.
-pub type Gateway = Edge<Observe<Router>>;
+/// The gateway's whole stack: the router, behind the proxies' direct paths, inside the edge
+/// and observe layers.
+pub type Gateway = Edge<Observe<Dispatch>>;
 
 /// The router with the whole middleware stack. Separate from serving so tests can drive it
 /// with `oneshot` or a real listener.
@@ -35,10 +37,20 @@ pub fn app(state: AppState) -> Gateway {
     if state.config.server.metrics_listen.is_some() {
         crate::telemetry::metrics_handle();
     }
+    let dispatch = Dispatch::new(router(state.clone()), state.clone());
+    stack(&state, dispatch)
+}
+
+/// The stack around the router alone, every request routed by axum: what [`app`] must answer
+/// exactly like (the dispatch tests compare the two).
+#[cfg(test)]
+pub fn routed_only(state: AppState) -> Edge<Observe<Router>> {
+    stack(&state, router(state.clone()))
+}
+
+/// Every route of the public listener, with the state.
+fn router(state: AppState) -> Router {
     let pleo_route = format!("{}/{{*path}}", state.config.proxy.pleo_prefix);
-    let access_log = AccessLog {
-        enabled: state.config.server.access_log,
-    };
     let router = Router::new()
         .route("/auth/login", get(auth::begin_login))
         .route("/auth/callback", get(auth::complete_login))
@@ -75,10 +87,17 @@ pub fn app(state: AppState) -> Gateway {
     } else {
         router.fallback(not_found)
     };
-    let trusted_proxies = state.config.server.trusted_proxies.clone();
-    let router = router
+    router
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
+        .with_state(state)
+}
+
+/// The edge and observe layers around `inner`.
+fn stack<S>(state: &AppState, inner: S) -> Edge<Observe<S>> {
+    let access_log = AccessLog {
+        enabled: state.config.server.access_log,
+    };
+    let trusted_proxies = state.config.server.trusted_proxies.clone();
     // The stack wraps the router once, as one service, instead of each route through
     // `Router::layer` (which boxes every route's stack and clones it into a fresh box on each
     // request). It is served as it is: wrapped in a Router of its own, as it once was, every
@@ -93,7 +112,7 @@ pub fn app(state: AppState) -> Gateway {
         // names the path or query: the query of /auth/callback carries the authorisation code
         // and state, which must not reach a log line.
         .layer(ObserveLayer(access_log))
-        .service(router)
+        .service(inner)
 }
 
 async fn not_found() -> GatewayError {

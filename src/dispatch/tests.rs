@@ -1,0 +1,316 @@
+//! Test-only module: its parent declares it under `#[cfg(test)]`.
+//!
+//! [`route`] on its own, and the whole stack against the stack with axum's router alone: the
+//! same requests, written to real sockets byte for byte, must get the same answers.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use axum::{body::Body, extract::Request, http::StatusCode, response::IntoResponse};
+use proptest::prelude::*;
+use secrecy::SecretString;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::*;
+use crate::{
+    app,
+    config::Config,
+    session::{SessionData, Store, memory_store::MemoryStore, now_ms},
+};
+
+#[test]
+fn proxied_paths_are_decided_and_the_gateways_own_are_left_to_the_router() {
+    let cases = [
+        ("/", Route::App),
+        ("/index.html", Route::App),
+        ("/authors", Route::App),
+        ("/auth.json", Route::App),
+        ("/healthz/", Route::App),
+        ("/metricsx", Route::App),
+        ("/AUTH/login", Route::App),
+        ("/pleo2/x", Route::App),
+        ("/pleox", Route::App),
+        ("/pleo/v1/users", Route::Pleo),
+        ("/pleo//x", Route::Pleo),
+        ("/pleo/a/", Route::Pleo),
+        ("/pleo", Route::Router),
+        ("/pleo/", Route::Router),
+        ("/auth", Route::Router),
+        ("/auth/", Route::Router),
+        ("/auth/login", Route::Router),
+        ("/auth/check/x", Route::Router),
+        ("/healthz", Route::Router),
+        ("/readyz", Route::Router),
+        ("/metrics", Route::Router),
+        ("/metrics/", Route::Router),
+        ("/metrics/x", Route::Router),
+        ("", Route::Router),
+        ("*", Route::Router),
+    ];
+    for (path, expected) in cases {
+        assert_eq!(route(path, "/pleo", true), expected, "{path:?}");
+    }
+    // Without an app, what is not Pleo's is the router's (its fallback answers 404).
+    assert_eq!(route("/x", "/pleo", false), Route::Router);
+    assert_eq!(route("/pleo/x", "/pleo", false), Route::Pleo);
+    // A prefix of more than one segment.
+    assert_eq!(route("/api/pleo/x", "/api/pleo", true), Route::Pleo);
+    assert_eq!(route("/api/pleo", "/api/pleo", true), Route::Router);
+    assert_eq!(route("/api", "/api/pleo", true), Route::App);
+}
+
+#[test]
+fn responses_are_finished_as_the_router_finishes_them() {
+    let sized = || (StatusCode::OK, "four").into_response();
+    let response = finish_like_router(&Method::GET, sized());
+    assert_eq!(response.headers()[header::CONTENT_LENGTH], "4");
+    // HEAD keeps the length of what GET would send, without the body.
+    let response = finish_like_router(&Method::HEAD, sized());
+    assert_eq!(response.headers()[header::CONTENT_LENGTH], "4");
+    assert_eq!(response.body().size_hint().exact(), Some(0));
+    // A length the handler set is left alone; a streamed body gets none.
+    let mut declared = sized();
+    declared
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+    let response = finish_like_router(&Method::GET, declared);
+    assert_eq!(response.headers()[header::CONTENT_LENGTH], "10");
+    let stream = Body::from_stream(futures_util::stream::iter([Ok::<_, Infallible>("x")]));
+    let response = finish_like_router(&Method::GET, Response::new(stream));
+    assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
+    // A successful CONNECT loses a body, and gets no length.
+    let response = finish_like_router(&Method::CONNECT, sized());
+    assert_eq!(response.body().size_hint().exact(), Some(0));
+    assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
+}
+
+/// The app and Pleo stand-in: answers with what it received, headers sorted.
+fn echo() -> Router {
+    Router::new().fallback(|request: Request| async move {
+        let mut headers: Vec<String> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        headers.sort();
+        format!(
+            "{} {}\n{}\n",
+            request.method(),
+            request.uri(),
+            headers.join("\n")
+        )
+    })
+}
+
+/// Two listeners on one state: the gateway's stack, and the same with the router alone.
+struct Pair {
+    direct: SocketAddr,
+    routed: SocketAddr,
+    cookie: String,
+}
+
+async fn serve(listener: TcpListener, service: impl crate::server::Served) {
+    tokio::spawn(app::run(listener, service, std::future::pending()));
+}
+
+async fn pair() -> Pair {
+    let echo_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_url = format!("http://{}", echo_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(echo_listener, echo()).await });
+    let env: HashMap<String, String> = [
+        ("SERVER__LISTEN", "127.0.0.1:0"),
+        ("SERVER__PUBLIC_URL", "http://gateway.test"),
+        // So the request id a test sends is kept: answers must not differ by a random id.
+        ("SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("PLEO__AUTH_URL", "http://127.0.0.1:9"),
+        ("PLEO__API_URL", &echo_url),
+        ("PLEO__CLIENT_ID", "dispatch-tests"),
+        ("PLEO__SCOPES", "users:read"),
+        ("SESSION__STORE", "memory"),
+        ("PROXY__UPSTREAM", &echo_url),
+        ("PROXY__PUBLIC_PATHS", "/static/*"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("PLEO_GATEWAY__{k}"), v.to_owned()))
+    .collect();
+    let config = Config::load_with_env(None, &env).unwrap();
+    let state = AppState::new(config, Store::Memory(MemoryStore::new())).unwrap();
+    let now = now_ms();
+    let (id, _) = state
+        .sessions
+        .create(SessionData {
+            access_token: SecretString::from("dispatch-access-token"),
+            refresh_token: Some(SecretString::from("dispatch-refresh-token")),
+            access_expires_at_ms: now + 3_600_000,
+            access_lifetime_ms: 3_600_000,
+            subject: Some("urn:pleo:company:00000000-0000-0000-0000-000000000007".into()),
+            scopes: vec!["users:read".into()],
+            created_at_ms: now,
+        })
+        .await
+        .unwrap();
+    let cookie = format!("{}={}", state.cookies.name, id.as_str());
+    let direct = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let routed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pair = Pair {
+        direct: direct.local_addr().unwrap(),
+        routed: routed.local_addr().unwrap(),
+        cookie,
+    };
+    serve(direct, app::app(state.clone())).await;
+    serve(routed, app::routed_only(state)).await;
+    pair
+}
+
+/// Sends `request` as written and returns the answer with its `Date` left out and cookie
+/// values (sealed with a fresh nonce each time) blanked.
+async fn exchange(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let head: Vec<String> = head
+        .split("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("date:"))
+        .map(|line| match line.split_once(':') {
+            Some((name, value)) if name.eq_ignore_ascii_case("set-cookie") => {
+                let attributes = value.split_once(';').map_or("", |(_, a)| a);
+                format!("{name}: …;{attributes}")
+            }
+            _ => line.to_owned(),
+        })
+        .collect();
+    format!("{}\r\n\r\n{body}", head.join("\r\n"))
+}
+
+/// One request: method, target, and what a client adds.
+#[derive(Clone, Debug)]
+struct Sent {
+    method: &'static str,
+    target: String,
+    session: bool,
+    csrf: bool,
+    html: bool,
+}
+
+impl Sent {
+    fn write(&self, cookie: &str, n: usize) -> String {
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\nX-Request-Id: dispatch-{n}\r\n",
+            self.method, self.target
+        );
+        if self.session {
+            out.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
+        if self.csrf {
+            out.push_str("X-CSRF: 1\r\n");
+        }
+        if self.html {
+            out.push_str("Accept: text/html\r\nSec-Fetch-Mode: navigate\r\n");
+        }
+        if matches!(self.method, "POST" | "PUT" | "DELETE") {
+            out.push_str("Content-Length: 2\r\n\r\nhi");
+        } else {
+            out.push_str("\r\n");
+        }
+        out
+    }
+}
+
+fn sent() -> impl Strategy<Value = Sent> {
+    let segment = prop::sample::select(vec![
+        "auth", "AUTH", "pleo", "pleo2", "healthz", "readyz", "metrics", "login", "check", "x",
+        "static", "%2F", "a%20b", ".", "..", "",
+    ]);
+    let path = (prop::collection::vec(segment, 0..4), any::<bool>()).prop_map(|(s, slash)| {
+        let mut path = format!("/{}", s.join("/"));
+        if slash && !path.ends_with('/') {
+            path.push('/');
+        }
+        path
+    });
+    let query = prop::sample::select(vec!["", "?q=1", "?return_to=/x"]);
+    let method = prop::sample::select(vec!["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"]);
+    (
+        method,
+        path,
+        query,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(method, path, query, session, csrf, html)| Sent {
+            method,
+            target: format!("{path}{query}"),
+            session,
+            csrf,
+            html,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_request_is_answered_as_the_router_alone_answers_it(
+        requests in prop::collection::vec(sent(), 1..6)
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let pair = pair().await;
+            for (n, request) in requests.iter().enumerate() {
+                let raw = request.write(&pair.cookie, n);
+                let direct = exchange(pair.direct, &raw).await;
+                let routed = exchange(pair.routed, &raw).await;
+                prop_assert_eq!(&direct, &routed, "{:?}", request);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test]
+async fn both_proxies_and_the_gateways_routes_answer_through_the_stack() {
+    let pair = pair().await;
+    let get = |target: &str, session: bool| Sent {
+        method: "GET",
+        target: target.into(),
+        session,
+        csrf: false,
+        html: false,
+    };
+    // Through the direct paths: the app and Pleo (the stand-in echoes what it was sent).
+    let app = exchange(pair.direct, &get("/x?q=1", true).write(&pair.cookie, 0)).await;
+    assert!(app.starts_with("HTTP/1.1 200"), "{app}");
+    assert!(app.contains("GET /x?q=1\n"), "{app}");
+    assert!(app.contains("x-pleo-subject: urn:pleo:company:"), "{app}");
+    let pleo = exchange(
+        pair.direct,
+        &get("/pleo/v1/users", true).write(&pair.cookie, 1),
+    )
+    .await;
+    assert!(pleo.starts_with("HTTP/1.1 200"), "{pleo}");
+    assert!(pleo.contains("GET /v1/users\n"), "{pleo}");
+    assert!(
+        pleo.contains("authorization: Bearer dispatch-access-token"),
+        "{pleo}"
+    );
+    // The gateway's own routes are still the router's.
+    let health = exchange(pair.direct, &get("/healthz", false).write(&pair.cookie, 2)).await;
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok"),
+        "{health}"
+    );
+    let session = exchange(
+        pair.direct,
+        &get("/auth/session", true).write(&pair.cookie, 3),
+    )
+    .await;
+    assert!(session.contains("urn:pleo:company:"), "{session}");
+    let prefix = exchange(pair.direct, &get("/pleo/", true).write(&pair.cookie, 4)).await;
+    assert!(prefix.starts_with("HTTP/1.1 404"), "{prefix}");
+}
