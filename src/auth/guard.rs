@@ -35,10 +35,7 @@ pub async fn current_session(
         .instrument(tracing::debug_span!("session.load"))
         .await?;
     if let Some(session) = &session {
-        crate::telemetry::access_log::note_session(
-            session.key.short(),
-            session.data.subject.as_deref(),
-        );
+        crate::telemetry::access_log::note_session(session);
     }
     Ok(session)
 }
@@ -96,7 +93,9 @@ pub async fn fresh_session_or(
     }
     let fallback = session.clone();
     let key = session.key.clone();
-    match state.refresher.fresh(session).await {
+    // Boxed: a refresh is rare, and its future inline would make the future of every request
+    // that checks a session larger (futures are copied as they nest).
+    match Box::pin(state.refresher.fresh(session)).await {
         Ok(fresh) => Ok(fresh),
         // The refresh failed transiently but the current token still has time left: use it
         // rather than refuse a request Pleo would accept.

@@ -277,10 +277,7 @@ async fn finish_login(
         tracing::warn!(error = %e, "could not delete the pre-login session");
     }
     let (id, session) = state.sessions.create(data).await?;
-    crate::telemetry::access_log::note_session(
-        session.key.short(),
-        session.data.subject.as_deref(),
-    );
+    crate::telemetry::access_log::note_session(&session);
     tracing::info!(
         session = session.key.short(),
         subject = session.data.subject.as_deref().unwrap_or("unknown"),

@@ -184,7 +184,9 @@ impl Pool {
             // hyper takes the head of a WebSocket handshake: a copy to give back (one per
             // handshake, not per request).
             let headers = parts.headers.clone();
-            let response = self.upgrade(Request::from_parts(parts, body)).await?;
+            // Boxed: inline, the handshake's future (hyper's client connection) would make
+            // every request's future 1.6 KiB larger, and futures are copied as they nest.
+            let response = Box::pin(self.upgrade(Request::from_parts(parts, body))).await?;
             return Ok((response, headers));
         }
         // The framing is the gateway's to choose: any the client sent is replaced.

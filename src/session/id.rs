@@ -15,8 +15,10 @@ use crate::config::EncryptionKey;
 const ENCODED_LEN: usize = 43;
 
 /// The secret value in the session cookie. Never logged, never stored.
+///
+/// Inline, not a `String`: every request with a cookie parses one.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SessionId(String);
+pub struct SessionId([u8; ENCODED_LEN]);
 
 impl std::fmt::Debug for SessionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -27,22 +29,29 @@ impl std::fmt::Debug for SessionId {
 impl SessionId {
     /// A fresh id from the OS RNG.
     pub fn generate() -> Self {
-        Self(random_token())
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let mut encoded = [0u8; ENCODED_LEN];
+        // 32 bytes are always 43 characters of unpadded base64: they fill the array exactly.
+        let written = URL_SAFE_NO_PAD.encode_slice(bytes, &mut encoded);
+        debug_assert_eq!(written.ok(), Some(ENCODED_LEN));
+        Self(encoded)
     }
 
     /// Accepts a cookie value only if it has exactly the shape we issue; anything else is
     /// treated as "no session" without touching the store.
     pub fn parse(value: &str) -> Option<Self> {
-        let well_formed = value.len() == ENCODED_LEN
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        well_formed.then(|| Self(value.to_owned()))
+        let bytes: [u8; ENCODED_LEN] = value.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .then_some(Self(bytes))
     }
 
     /// The cookie value.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ever built from base64url characters (`generate`, `parse`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 

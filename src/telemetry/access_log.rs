@@ -18,6 +18,7 @@ use std::{
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -33,7 +34,10 @@ use tower::{Layer, Service};
 use tracing::{Instrument, field::Empty};
 
 use super::{metrics, otel};
-use crate::error::{ErrorBody, GatewayError};
+use crate::{
+    error::{ErrorBody, GatewayError},
+    session::{Session, SessionData},
+};
 
 /// The access log's settings, given to [`ObserveLayer`].
 #[derive(Clone, Copy, Debug)]
@@ -54,8 +58,9 @@ tokio::task_local! {
 struct Facts {
     route: Cell<&'static str>,
     session: Cell<Option<[u8; 12]>>,
-    /// Kept only while the access log is on (it costs a copy of the URN).
-    subject: RefCell<Option<String>>,
+    /// The session's data, for its subject; kept only while the access log is on. Shared, not
+    /// copied: a copy of the URN would be an allocation per request.
+    subject: RefCell<Option<Arc<SessionData>>>,
     keep_subject: bool,
 }
 
@@ -64,7 +69,7 @@ struct Facts {
 struct Finished {
     route: &'static str,
     session: Option<[u8; 12]>,
-    subject: Option<String>,
+    subject: Option<Arc<SessionData>>,
 }
 
 impl Finished {
@@ -72,6 +77,10 @@ impl Finished {
         self.session
             .as_ref()
             .and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+
+    fn subject(&self) -> Option<&str> {
+        self.subject.as_ref()?.subject.as_deref()
     }
 }
 
@@ -121,7 +130,7 @@ where
 /// One request: span, metrics, access log around `inner`, which answers it. A panic in a
 /// handler becomes a 500 in the gateway's JSON format (logged and counted like any other
 /// answer) instead of a dropped connection.
-async fn observe<S>(log: AccessLog, request: Request, mut inner: S) -> Response
+async fn observe<S>(log: AccessLog, request: Request, inner: S) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
@@ -155,52 +164,35 @@ where
         subject: RefCell::new(None),
         keep_subject: log.enabled,
     };
-    let (response, finished) = FACTS
-        .scope(facts, async move {
-            // `call` too: routing runs there, before the handler's future exists.
-            let answered = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(request)))
-            {
-                Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
-                Err(panic) => Err(panic),
-            };
-            let response = match answered {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_) => {
-                    // The payload is not logged: a panic message may quote request data.
-                    GatewayError::Internal("a request handler panicked".into()).into_response()
-                }
-            };
-            let finished = FACTS
-                .try_with(|facts| Finished {
-                    route: facts.route.get(),
-                    session: facts.session.get(),
-                    subject: facts.subject.take(),
-                })
-                .unwrap_or_default();
-            (response, finished)
-        })
-        .instrument(span.clone())
-        .await;
-    let took = started.elapsed();
-    let status = response.status().as_u16();
-    let route = finished.route;
-    metrics::http_request(route, method, status, took);
-    if let Some(error) = response.extensions().get::<ErrorBody>().map(|b| b.error)
-        && (error == GatewayError::CsrfHeaderMissing.code()
-            || error == GatewayError::OriginNotAllowed.code())
-    {
-        metrics::csrf_rejection(route, error);
-    }
-    if otel::enabled() {
-        otel::rename(&span, format!("{method} {route}"));
-        otel::attribute(&span, "http.route", route);
-        otel::attribute(&span, "http.response.status_code", i64::from(status));
-        if status >= 500 {
-            span.record("otel.status_code", "error");
+    // The span goes into the future and is read back from it, not cloned into it (a clone
+    // and a close in tracing's registry per request); it closes at the end of this block,
+    // before the access line.
+    let (response, finished, took, status) = {
+        let mut answering =
+            std::pin::pin!(FACTS.scope(facts, answer(inner, request)).instrument(span));
+        let (response, finished) = answering.as_mut().await;
+        let took = started.elapsed();
+        let status = response.status().as_u16();
+        let route = finished.route;
+        metrics::http_request(route, method, status, took);
+        if let Some(error) = response.extensions().get::<ErrorBody>().map(|b| b.error)
+            && (error == GatewayError::CsrfHeaderMissing.code()
+                || error == GatewayError::OriginNotAllowed.code())
+        {
+            metrics::csrf_rejection(route, error);
         }
-    }
-    drop(span);
+        if otel::enabled() {
+            let span = answering.span();
+            otel::rename(span, format!("{method} {route}"));
+            otel::attribute(span, "http.route", route);
+            otel::attribute(span, "http.response.status_code", i64::from(status));
+            if status >= 500 {
+                span.record("otel.status_code", "error");
+            }
+        }
+        (response, finished, took, status)
+    };
+    let route = finished.route;
     if log.enabled {
         let request_id = request_id_value.as_ref().and_then(|v| v.to_str().ok());
         tracing::info!(
@@ -211,11 +203,40 @@ where
             duration_ms = took.as_micros() as f64 / 1000.0,
             request_id,
             session = finished.session(),
-            subject = finished.subject.as_deref(),
+            subject = finished.subject(),
             "request"
         );
     }
     response
+}
+
+/// `inner`'s answer to `request` (a panic in it becomes a 500), with what the handlers noted.
+/// Runs inside [`FACTS`]' scope.
+async fn answer<S>(mut inner: S, request: Request) -> (Response, Finished)
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    // `call` too: routing runs there, before the handler's future exists.
+    let answered = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
+    let response = match answered {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(_) => {
+            // The payload is not logged: a panic message may quote request data.
+            GatewayError::Internal("a request handler panicked".into()).into_response()
+        }
+    };
+    let finished = FACTS
+        .try_with(|facts| Finished {
+            route: facts.route.get(),
+            session: facts.session.get(),
+            subject: facts.subject.take(),
+        })
+        .unwrap_or_default();
+    (response, finished)
 }
 
 /// Middleware inside the router: labels the request with the route that matched.
@@ -231,12 +252,14 @@ pub fn note_route(route: &'static str) {
     let _ = FACTS.try_with(|facts| facts.route.set(route));
 }
 
-/// Records the session (`session`: the 12-character key prefix) and subject a request acts for.
-pub fn note_session(session: &str, subject: Option<&str>) {
+/// Records the session a request acts for: the 12-character prefix of its key, and its subject.
+pub fn note_session(session: &Session) {
     let _ = FACTS.try_with(|facts| {
-        facts.session.set(session.as_bytes().try_into().ok());
+        facts
+            .session
+            .set(session.key.short().as_bytes().try_into().ok());
         if facts.keep_subject {
-            *facts.subject.borrow_mut() = subject.map(str::to_owned);
+            *facts.subject.borrow_mut() = Some(Arc::clone(&session.data));
         }
     });
 }
@@ -293,9 +316,25 @@ mod tests {
 
     #[tokio::test]
     async fn handlers_notes_reach_the_request_and_nothing_outside_one() {
+        let key = crate::session::SessionHasher::new(&[crate::config::EncryptionKey::generate()])
+            .current("x");
+        let session = Session {
+            key: key.clone(),
+            version: 1,
+            absolute_deadline_ms: 0,
+            data: Arc::new(SessionData {
+                access_token: secrecy::SecretString::from("t"),
+                refresh_token: None,
+                access_expires_at_ms: 0,
+                access_lifetime_ms: 0,
+                subject: Some("urn:pleo:company:x".into()),
+                scopes: Vec::new(),
+                created_at_ms: 0,
+            }),
+        };
         // Outside a request the notes are dropped, never a panic.
         note_route("app");
-        note_session("0123456789ab", Some("urn:pleo:company:x"));
+        note_session(&session);
         let facts = Facts {
             route: Cell::new(UNMATCHED),
             session: Cell::new(None),
@@ -305,7 +344,7 @@ mod tests {
         let finished = FACTS
             .scope(facts, async {
                 note_route("app");
-                note_session("0123456789ab", Some("urn:pleo:company:x"));
+                note_session(&session);
                 FACTS
                     .try_with(|f| Finished {
                         route: f.route.get(),
@@ -316,8 +355,8 @@ mod tests {
             })
             .await;
         assert_eq!(finished.route, "app");
-        assert_eq!(finished.session(), Some("0123456789ab"));
-        assert_eq!(finished.subject.as_deref(), Some("urn:pleo:company:x"));
+        assert_eq!(finished.session(), Some(key.short()));
+        assert_eq!(finished.subject(), Some("urn:pleo:company:x"));
     }
 
     #[tokio::test]

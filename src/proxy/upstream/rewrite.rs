@@ -66,7 +66,9 @@ pub fn request_headers(mut headers: HeaderMap, rewrite: &RequestRewrite<'_>) -> 
     if let Some(session) = rewrite.identity {
         identity_headers(session, &mut headers);
         if let Some(assertion) = rewrite.assertion {
-            headers.insert(IDENTITY_HEADER, assertion.clone());
+            // A name, not a string: inserting by `&str` copies the name on every request.
+            const IDENTITY: HeaderName = HeaderName::from_static(IDENTITY_HEADER);
+            headers.insert(IDENTITY, assertion.clone());
         }
     }
     if let Some(id) = rewrite.request_id {
