@@ -44,8 +44,11 @@ pub fn app(state: AppState) -> Gateway {
 /// The stack around the router alone, every request routed by axum: what [`app`] must answer
 /// exactly like (the dispatch tests compare the two).
 #[cfg(test)]
-pub fn routed_only(state: AppState) -> Edge<Observe<Router>> {
-    stack(&state, router(state.clone()))
+pub fn routed_only(state: AppState) -> Gateway {
+    stack(
+        &state,
+        Dispatch::routed_only(router(state.clone()), state.clone()),
+    )
 }
 
 /// Every route of the public listener, with the state.

@@ -14,7 +14,9 @@
 //! `/metrics`, `/metrics/…`, the prefix itself and `prefix/`; `proxy.pleo_prefix` is validated
 //! to stay clear of them). The response is finished as axum finishes a routed one
 //! ([`finish_like_router`]). Anything unusual (a path not starting with `/`, a request without
-//! a peer address) takes the router. A test sends the same requests through both and compares
+//! a peer address) takes the router, which is given the client address as the `ConnectInfo`
+//! extension its handlers read (the accept loop no longer adds one to every request:
+//! [`crate::server::peer`]). A test sends the same requests through both and compares
 //! the answers byte for byte.
 
 use std::{
@@ -35,7 +37,7 @@ use axum::{
 use hyper::body::Body as _;
 use tower::Service;
 
-use crate::{proxy, state::AppState};
+use crate::{proxy, server::peer, state::AppState};
 
 /// Where a path goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,12 +115,27 @@ fn set_content_length(size: Option<u64>, headers: &mut HeaderMap) {
 pub struct Dispatch {
     router: Router,
     state: AppState,
+    /// False: every request is routed (what the direct paths are compared with in tests).
+    direct: bool,
 }
 
 impl Dispatch {
     /// `router` is the gateway's router, built from `state`.
     pub fn new(router: Router, state: AppState) -> Self {
-        Self { router, state }
+        Self {
+            router,
+            state,
+            direct: true,
+        }
+    }
+
+    /// Every request through `router`, none direct.
+    #[cfg(test)]
+    pub fn routed_only(router: Router, state: AppState) -> Self {
+        Self {
+            direct: false,
+            ..Self::new(router, state)
+        }
     }
 
     fn route(&self, request: &Request) -> Route {
@@ -142,22 +159,25 @@ impl Service<Request> for Dispatch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         let state = self.state.clone();
         let method = request.method().clone();
+        let peer = peer::of(&request);
         match self.route(&request) {
-            Route::App => {
-                // As axum's `ConnectInfo` extractor needs it; without one the router answers.
-                if let Some(&peer) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+            Route::App if self.direct => {
+                // Without a client address the router answers (as axum's `ConnectInfo`
+                // extractor does: with a 500).
+                if let Some(peer) = peer {
                     return Box::pin(async move {
-                        let response = proxy::proxy_to_upstream(State(state), peer, request)
-                            .await
-                            .into_response();
+                        let response =
+                            proxy::proxy_to_upstream(State(state), ConnectInfo(peer), request)
+                                .await
+                                .into_response();
                         Ok(finish_like_router(&method, response))
                     });
                 }
             }
-            Route::Pleo => {
+            Route::Pleo if self.direct => {
                 return Box::pin(async move {
                     let response = proxy::proxy_to_pleo(State(state), request)
                         .await
@@ -165,7 +185,16 @@ impl Service<Request> for Dispatch {
                     Ok(finish_like_router(&method, response))
                 });
             }
-            Route::Router => {}
+            _ => {}
+        }
+        // The router's handlers take the client address from the extension.
+        if let Some(peer) = peer
+            && request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_none()
+        {
+            request.extensions_mut().insert(ConnectInfo(peer));
         }
         Box::pin(self.router.call(request))
     }

@@ -2,8 +2,9 @@
 //! around the rest (the request span and access log, panic catching, the router):
 //!
 //! - **In:** an inbound `X-Request-Id` and trace context are kept only from a trusted proxy
-//!   ([`crate::request_id`]); a request without an id gets a fresh UUID v4, in the header and
-//!   as tower-http's [`RequestId`] extension (the app and Pleo calls pass it on); cookies,
+//!   ([`crate::request_id`]); a request without an id gets a fresh UUID v4 in the header,
+//!   which the app and Pleo calls pass on (no extension: one would cost the request a map of
+//!   them); cookies,
 //!   credentials and the identity assertion are marked sensitive before anything could log a
 //!   header.
 //! - **Out:** the response carries the request id; an error answering a browser navigation
@@ -23,18 +24,18 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, Request},
+    extract::Request,
     http::{HeaderMap, HeaderName, HeaderValue, header},
     response::Response,
 };
 use ipnet::IpNet;
 use tower::{Layer, Service};
-use tower_http::request_id::RequestId;
 
 use crate::{
     error::{is_navigation, render_error_page},
     identity::IDENTITY_HEADER,
     request_id::{X_REQUEST_ID, drop_untrusted_ids},
+    server::peer,
 };
 
 /// Request headers no log line may show.
@@ -91,13 +92,10 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let peer_trusted = request
-            .extensions()
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .is_some_and(|info| {
-                let peer = info.0.ip().to_canonical();
-                self.trusted_proxies.iter().any(|net| net.contains(&peer))
-            });
+        let peer_trusted = peer::of(&request).is_some_and(|peer| {
+            let peer = peer.ip().to_canonical();
+            self.trusted_proxies.iter().any(|net| net.contains(&peer))
+        });
         let headers = request.headers_mut();
         drop_untrusted_ids(headers, peer_trusted);
         mark_sensitive(headers, &SENSITIVE_REQUEST);
@@ -110,9 +108,6 @@ where
             }
         };
         let navigation = is_navigation(headers);
-        request
-            .extensions_mut()
-            .insert(RequestId::new(request_id.clone()));
         EdgeFuture {
             inner: self.inner.call(request),
             request_id: Some(request_id),
@@ -184,8 +179,11 @@ fn new_request_id() -> HeaderValue {
         text[at + 1] = HEX[usize::from(byte & 0x0f)];
         at += 2;
     }
-    // Always valid: hex digits and hyphens only.
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    // Shared, not copied: the id goes into the request, the response and the app's request,
+    // and a copied value would be copied again the first time it is cloned. Always valid:
+    // hex digits and hyphens only.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The HTTP/1.1 accept loop: connection limit, header-size limit, header read timeout, client
-//! address for `ConnectInfo`, WebSocket upgrades, and graceful shutdown bounded by
+//! address ([`peer`]), WebSocket upgrades, and graceful shutdown bounded by
 //! `shutdown_timeout`.
 //!
 //! **Connection limit.** At most `max_connections` client connections are open at once. When
@@ -17,12 +17,13 @@
 //! `server::run` does): the caller binds the listener and supplies the shutdown future, which
 //! keeps the server testable on `127.0.0.1:0`.
 
+pub mod peer;
+
 use std::{
     collections::BTreeMap,
     convert::Infallible,
     future::Future,
     io,
-    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, Mutex,
@@ -32,7 +33,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{body::Body, extract::ConnectInfo, http::Request, response::Response};
+use axum::{body::Body, http::Request, response::Response};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -155,11 +156,11 @@ pub async fn serve(
                 let served = Arc::new(AtomicBool::new(false));
                 let service = router.clone().map_request({
                     let served = Arc::clone(&served);
-                    move |mut request: Request<Incoming>| {
+                    move |request: Request<Incoming>| {
                         served.store(true, Ordering::Relaxed);
                         crate::memory::note_request();
-                        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
-                        // As axum's Router does with any body it is given.
+                        // As axum's Router does with any body it is given. The client's
+                        // address is the task's (`peer`), not an extension per request.
                         request.map(Body::new)
                     }
                 });
@@ -173,7 +174,7 @@ pub async fn serve(
                 let mut stopped = stopped.clone();
                 let (id, close) = table.add();
                 let table = Arc::clone(&table);
-                tokio::spawn(async move {
+                tokio::spawn(peer::serving(remote, async move {
                     let mut connection = std::pin::pin!(connection);
                     let result = tokio::select! {
                         result = connection.as_mut() => result,
@@ -200,7 +201,7 @@ pub async fn serve(
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     finish(&table, id, alive);
-                });
+                }));
             }
             () = &mut shutdown => break,
         }

@@ -164,8 +164,9 @@ async fn pair() -> Pair {
     pair
 }
 
-/// Sends `request` as written and returns the answer with its `Date` left out and cookie
-/// values (sealed with a fresh nonce each time) blanked.
+/// Sends `request` as written and returns the answer with its `Date` left out, and cookie
+/// values (sealed with a fresh nonce each time) and a login redirect's `state` and
+/// `code_challenge` (fresh random values each time) blanked.
 async fn exchange(addr: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -180,6 +181,18 @@ async fn exchange(addr: SocketAddr, request: &str) -> String {
             Some((name, value)) if name.eq_ignore_ascii_case("set-cookie") => {
                 let attributes = value.split_once(';').map_or("", |(_, a)| a);
                 format!("{name}: …;{attributes}")
+            }
+            Some((name, value)) if name.eq_ignore_ascii_case("location") => {
+                let blanked: Vec<String> = value
+                    .split('&')
+                    .map(|pair| match pair.split_once('=') {
+                        Some((key, _)) if key == "state" || key == "code_challenge" => {
+                            format!("{key}=…")
+                        }
+                        _ => pair.to_owned(),
+                    })
+                    .collect();
+                format!("{name}:{}", blanked.join("&"))
             }
             _ => line.to_owned(),
         })

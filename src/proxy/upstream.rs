@@ -37,7 +37,6 @@ use axum::{
     response::Response,
 };
 use hyper::upgrade::OnUpgrade;
-use tower_http::request_id::RequestId;
 use tracing::Instrument;
 
 use super::{
@@ -52,6 +51,7 @@ use crate::{
     },
     error::{GatewayError, is_navigation},
     forwarded,
+    request_id::X_REQUEST_ID,
     session::{Session, now_ms},
     state::AppState,
     telemetry::{self, Call, CallResult},
@@ -121,10 +121,8 @@ pub async fn proxy_to_upstream(
         &parts.headers,
         &state.public_origin,
     );
-    let request_id = parts
-        .extensions
-        .get::<RequestId>()
-        .map(RequestId::header_value);
+    // The edge layer put the request's id (a trusted proxy's, or a fresh one) in the header.
+    let request_id = parts.headers.get(X_REQUEST_ID).cloned();
     let assertion = session
         .as_ref()
         .and_then(|session| state.identity.header_value(session, now_ms()));
@@ -134,7 +132,7 @@ pub async fn proxy_to_upstream(
             gateway_cookies: &state.cookies,
             identity: session.as_ref(),
             assertion: assertion.as_ref(),
-            request_id,
+            request_id: request_id.as_ref(),
             forwarding: &forwarding,
             websocket,
         },
