@@ -70,6 +70,8 @@ fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         // Metrics are served only on `server.metrics_listen`; here the path is the gateway's.
         .route("/metrics", any(not_found))
+        // A catch-all needs at least one character: `/metrics/` itself is routed on its own.
+        .route("/metrics/", any(not_found))
         .route("/metrics/{*rest}", any(not_found))
         // The gateway's own namespaces never fall through to the app, their roots included.
         .route("/auth", any(not_found))

@@ -86,23 +86,50 @@ fn responses_are_finished_as_the_router_finishes_them() {
     assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
 }
 
-/// The app and Pleo stand-in: answers with what it received, headers sorted.
+/// The app and Pleo stand-in: answers with what it received, headers sorted; streamed (no
+/// length, so chunked) when the path has a `chunk` segment.
 fn echo() -> Router {
     Router::new().fallback(|request: Request| async move {
+        let streamed = request.uri().path().split('/').any(|s| s == "chunk");
         let mut headers: Vec<String> = request
             .headers()
             .iter()
             .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
             .collect();
         headers.sort();
-        format!(
+        let text = format!(
             "{} {}\n{}\n",
             request.method(),
             request.uri(),
             headers.join("\n")
-        )
+        );
+        if streamed {
+            let parts = [Ok::<_, Infallible>(text), Ok("and more\n".to_owned())];
+            Body::from_stream(futures_util::stream::iter(parts)).into_response()
+        } else {
+            text.into_response()
+        }
     })
 }
+
+/// How the gateway under test is configured.
+#[derive(Clone, Copy, Debug)]
+struct Setup {
+    pleo_prefix: &'static str,
+    /// Whether an app is configured (without one, what is not Pleo's is a 404).
+    app: bool,
+}
+
+const SETUPS: [Setup; 2] = [
+    Setup {
+        pleo_prefix: "/pleo",
+        app: true,
+    },
+    Setup {
+        pleo_prefix: "/api/pleo",
+        app: false,
+    },
+];
 
 /// Two listeners on one state: the gateway's stack, and the same with the router alone.
 struct Pair {
@@ -115,11 +142,11 @@ async fn serve(listener: TcpListener, service: impl crate::server::Served) {
     tokio::spawn(app::run(listener, service, std::future::pending()));
 }
 
-async fn pair() -> Pair {
+async fn pair(setup: Setup) -> Pair {
     let echo_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo_url = format!("http://{}", echo_listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(echo_listener, echo()).await });
-    let env: HashMap<String, String> = [
+    let mut env: HashMap<String, String> = [
         ("SERVER__LISTEN", "127.0.0.1:0"),
         ("SERVER__PUBLIC_URL", "http://gateway.test"),
         // So the request id a test sends is kept: answers must not differ by a random id.
@@ -129,12 +156,15 @@ async fn pair() -> Pair {
         ("PLEO__CLIENT_ID", "dispatch-tests"),
         ("PLEO__SCOPES", "users:read"),
         ("SESSION__STORE", "memory"),
-        ("PROXY__UPSTREAM", &echo_url),
+        ("PROXY__PLEO_PREFIX", setup.pleo_prefix),
         ("PROXY__PUBLIC_PATHS", "/static/*"),
     ]
     .into_iter()
     .map(|(k, v)| (format!("PLEO_GATEWAY__{k}"), v.to_owned()))
     .collect();
+    if setup.app {
+        env.insert("PLEO_GATEWAY__PROXY__UPSTREAM".into(), echo_url.clone());
+    }
     let config = Config::load_with_env(None, &env).unwrap();
     let state = AppState::new(config, Store::Memory(MemoryStore::new())).unwrap();
     let now = now_ms();
@@ -171,7 +201,15 @@ async fn exchange(addr: SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
+    // Bounded, so that a connection left open fails the comparison instead of hanging it.
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(_))) {
+        answer.extend_from_slice(b"\r\n[no end within 10 s]");
+    }
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     let head: Vec<String> = head
@@ -236,8 +274,8 @@ impl Sent {
 
 fn sent() -> impl Strategy<Value = Sent> {
     let segment = prop::sample::select(vec![
-        "auth", "AUTH", "pleo", "pleo2", "healthz", "readyz", "metrics", "login", "check", "x",
-        "static", "%2F", "a%20b", ".", "..", "",
+        "auth", "AUTH", "pleo", "pleo2", "api", "healthz", "readyz", "metrics", "login", "check",
+        "x", "chunk", "static", "%2F", "a%20b", ".", "..", "",
     ]);
     let path = (prop::collection::vec(segment, 0..4), any::<bool>()).prop_map(|(s, slash)| {
         let mut path = format!("/{}", s.join("/"));
@@ -247,18 +285,23 @@ fn sent() -> impl Strategy<Value = Sent> {
         path
     });
     let query = prop::sample::select(vec!["", "?q=1", "?return_to=/x"]);
+    // Origin-form mostly; also absolute-form (RFC 9112 §3.2.2) and the asterisk of OPTIONS.
+    let form = prop::sample::select(vec!["", "", "", "", "http://gateway.test", "*"]);
     let method = prop::sample::select(vec!["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"]);
     (
         method,
-        path,
-        query,
+        (form, path, query),
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(method, path, query, session, csrf, html)| Sent {
+        .prop_map(|(method, (form, path, query), session, csrf, html)| Sent {
             method,
-            target: format!("{path}{query}"),
+            target: if form == "*" {
+                "*".to_owned()
+            } else {
+                format!("{form}{path}{query}")
+            },
             session,
             csrf,
             html,
@@ -270,16 +313,17 @@ proptest! {
 
     #[test]
     fn every_request_is_answered_as_the_router_alone_answers_it(
+        setup in prop::sample::select(SETUPS.to_vec()),
         requests in prop::collection::vec(sent(), 1..6)
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let pair = pair().await;
+            let pair = pair(setup).await;
             for (n, request) in requests.iter().enumerate() {
                 let raw = request.write(&pair.cookie, n);
                 let direct = exchange(pair.direct, &raw).await;
                 let routed = exchange(pair.routed, &raw).await;
-                prop_assert_eq!(&direct, &routed, "{:?}", request);
+                prop_assert_eq!(&direct, &routed, "{:?} {:?}", setup, request);
             }
             Ok(())
         })?;
@@ -288,7 +332,7 @@ proptest! {
 
 #[tokio::test]
 async fn both_proxies_and_the_gateways_routes_answer_through_the_stack() {
-    let pair = pair().await;
+    let pair = pair(SETUPS[0]).await;
     let get = |target: &str, session: bool| Sent {
         method: "GET",
         target: target.into(),
@@ -326,4 +370,9 @@ async fn both_proxies_and_the_gateways_routes_answer_through_the_stack() {
     assert!(session.contains("urn:pleo:company:"), "{session}");
     let prefix = exchange(pair.direct, &get("/pleo/", true).write(&pair.cookie, 4)).await;
     assert!(prefix.starts_with("HTTP/1.1 404"), "{prefix}");
+    // The gateway's namespaces never reach the app, their roots with a slash included.
+    for root in ["/metrics/", "/auth/"] {
+        let answer = exchange(pair.direct, &get(root, true).write(&pair.cookie, 5)).await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{root}: {answer}");
+    }
 }
