@@ -14,15 +14,12 @@
 //! `/metrics`, `/metrics/…`, the prefix itself and `prefix/`; `proxy.pleo_prefix` is validated
 //! to stay clear of them). The response is finished as axum finishes a routed one
 //! ([`finish_like_router`]). Anything unusual (a path not starting with `/`, a request without
-//! a peer address) takes the router, which is given the client address as the `ConnectInfo`
-//! extension its handlers read (the accept loop no longer adds one to every request:
-//! [`crate::server::peer`]). A test sends the same requests through both and compares
+//! a client address: [`crate::forwarded::peer`]) takes the router. A test sends the same requests through both and compares
 //! the answers byte for byte.
 
 use std::{
     convert::Infallible,
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -30,14 +27,18 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, Method, header},
     response::{IntoResponse, Response},
 };
 use hyper::body::Body as _;
 use tower::Service;
 
-use crate::{proxy, server::peer, state::AppState};
+use crate::{
+    forwarded::peer::{self, Peer},
+    proxy,
+    state::AppState,
+};
 
 /// Where a path goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,20 +160,18 @@ impl Service<Request> for Dispatch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
         let state = self.state.clone();
         let method = request.method().clone();
         let peer = peer::of(&request);
         match self.route(&request) {
             Route::App if self.direct => {
-                // Without a client address the router answers (as axum's `ConnectInfo`
-                // extractor does: with a 500).
+                // Without a client address the router answers (its extractor: a 500).
                 if let Some(peer) = peer {
                     return Box::pin(async move {
-                        let response =
-                            proxy::proxy_to_upstream(State(state), ConnectInfo(peer), request)
-                                .await
-                                .into_response();
+                        let response = proxy::proxy_to_upstream(State(state), Peer(peer), request)
+                            .await
+                            .into_response();
                         Ok(finish_like_router(&method, response))
                     });
                 }
@@ -186,15 +185,6 @@ impl Service<Request> for Dispatch {
                 });
             }
             _ => {}
-        }
-        // The router's handlers take the client address from the extension.
-        if let Some(peer) = peer
-            && request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_none()
-        {
-            request.extensions_mut().insert(ConnectInfo(peer));
         }
         Box::pin(self.router.call(request))
     }

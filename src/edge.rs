@@ -33,9 +33,9 @@ use tower::{Layer, Service};
 
 use crate::{
     error::{is_navigation, render_error_page},
+    forwarded::peer,
     identity::IDENTITY_HEADER,
     request_id::{X_REQUEST_ID, drop_untrusted_ids},
-    server::peer,
 };
 
 /// Request headers no log line may show.

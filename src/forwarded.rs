@@ -16,6 +16,8 @@
 //!   supplied by the client and are dropped), so an app that naively reads the first entry still
 //!   gets the right address; `X-Real-IP` carries the client alone.
 
+pub mod peer;
+
 use std::{io::Write, net::IpAddr, str::FromStr};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, uri::Authority};

@@ -1,5 +1,5 @@
 //! The HTTP/1.1 accept loop: connection limit, header-size limit, header read timeout, client
-//! address ([`peer`]), WebSocket upgrades, and graceful shutdown bounded by
+//! address ([`crate::forwarded::peer`]), WebSocket upgrades, and graceful shutdown bounded by
 //! `shutdown_timeout`.
 //!
 //! **Connection limit.** At most `max_connections` client connections are open at once. When
@@ -16,8 +16,6 @@
 //! `axum::serve` exposes none of the limits, so the loop is written out here (as mini-redis'
 //! `server::run` does): the caller binds the listener and supplies the shutdown future, which
 //! keeps the server testable on `127.0.0.1:0`.
-
-pub mod peer;
 
 use std::{
     collections::BTreeMap,
@@ -160,7 +158,7 @@ pub async fn serve(
                         served.store(true, Ordering::Relaxed);
                         crate::memory::note_request();
                         // As axum's Router does with any body it is given. The client's
-                        // address is the task's (`peer`), not an extension per request.
+                        // address is the task's (`forwarded::peer`), not an extension per request.
                         request.map(Body::new)
                     }
                 });
@@ -174,7 +172,7 @@ pub async fn serve(
                 let mut stopped = stopped.clone();
                 let (id, close) = table.add();
                 let table = Arc::clone(&table);
-                tokio::spawn(peer::serving(remote, async move {
+                tokio::spawn(crate::forwarded::peer::serving(remote, async move {
                     let mut connection = std::pin::pin!(connection);
                     let result = tokio::select! {
                         result = connection.as_mut() => result,

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::{
-    extract::{ConnectInfo, State},
+    extract::State,
     http::{HeaderMap, header},
     response::{IntoResponse, Response},
 };
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::{guard::current_session, return_to::sanitize_return_to};
 use crate::{
     error::{GatewayError, QueryParams, redirect},
-    forwarded,
+    forwarded::{self, peer::Peer},
     identity::is_subject_urn,
     session::{
         SessionData, SessionId,
@@ -41,7 +41,7 @@ pub struct LoginQuery {
 /// callers cannot grow the store. The browser is then sent to Pleo's authorize endpoint.
 pub async fn begin_login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     QueryParams(query): QueryParams<LoginQuery>,
 ) -> Result<Response, GatewayError> {
@@ -140,7 +140,7 @@ pub struct CallbackQuery {
 /// code with the PKCE verifier, records who logged in, and starts a brand-new session.
 pub async fn complete_login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     QueryParams(query): QueryParams<CallbackQuery>,
 ) -> Result<Response, GatewayError> {

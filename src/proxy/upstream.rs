@@ -28,11 +28,9 @@ mod rewrite;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
-
 use axum::{
     body::Body,
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     http::{Method, StatusCode, Version, header, request::Parts},
     response::Response,
 };
@@ -50,7 +48,7 @@ use crate::{
         subject::require_subject,
     },
     error::{GatewayError, is_navigation},
-    forwarded,
+    forwarded::{self, peer::Peer},
     request_id::X_REQUEST_ID,
     session::{Session, now_ms},
     state::AppState,
@@ -61,7 +59,7 @@ use crate::{
 /// Proxies one request (or WebSocket handshake) to the internal app.
 pub async fn proxy_to_upstream(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Peer(peer): Peer,
     request: Request,
 ) -> Result<Response, GatewayError> {
     let Some(upstream) = state.upstream.clone() else {
@@ -121,7 +119,8 @@ pub async fn proxy_to_upstream(
         &parts.headers,
         &state.public_origin,
     );
-    // The edge layer put the request's id (a trusted proxy's, or a fresh one) in the header.
+    // The edge layer, in front of this handler on the public listener (its only listener),
+    // put the request's id in the header: a trusted proxy's, or a fresh one, never a client's.
     let request_id = parts.headers.get(X_REQUEST_ID).cloned();
     let assertion = session
         .as_ref()

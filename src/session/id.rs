@@ -33,8 +33,13 @@ impl SessionId {
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let mut encoded = [0u8; ENCODED_LEN];
         // 32 bytes are always 43 characters of unpadded base64: they fill the array exactly.
+        // Checked in release builds too: an id of zero bytes would be every session's.
         let written = URL_SAFE_NO_PAD.encode_slice(bytes, &mut encoded);
-        debug_assert_eq!(written.ok(), Some(ENCODED_LEN));
+        assert_eq!(
+            written.ok(),
+            Some(ENCODED_LEN),
+            "a session id is 43 characters"
+        );
         Self(encoded)
     }
 
