@@ -14,8 +14,8 @@
 //! `/metrics`, `/metrics/…`, the prefix itself and `prefix/`; `proxy.pleo_prefix` is validated
 //! to stay clear of them). The response is finished as axum finishes a routed one
 //! ([`finish_like_router`]). Anything unusual (a path not starting with `/`, a request without
-//! a client address: [`crate::forwarded::peer`]) takes the router. A test sends the same requests through both and compares
-//! the answers byte for byte.
+//! a client address: [`crate::forwarded::peer`]) takes the router. A test sends the same
+//! requests through both and compares the answers byte for byte.
 
 use std::{
     convert::Infallible,
@@ -35,6 +35,7 @@ use hyper::body::Body as _;
 use tower::Service;
 
 use crate::{
+    error::GatewayError,
     forwarded::peer::{self, Peer},
     proxy,
     state::AppState,
@@ -161,33 +162,34 @@ impl Service<Request> for Dispatch {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let state = self.state.clone();
-        let method = request.method().clone();
-        let peer = peer::of(&request);
+        let state = || State(self.state.clone());
         match self.route(&request) {
-            Route::App if self.direct => {
-                // Without a client address the router answers (its extractor: a 500).
-                if let Some(peer) = peer {
-                    return Box::pin(async move {
-                        let response = proxy::proxy_to_upstream(State(state), Peer(peer), request)
-                            .await
-                            .into_response();
-                        Ok(finish_like_router(&method, response))
-                    });
+            // Without a client address the router answers (its extractor: a 500).
+            Route::App if self.direct => match peer::of(&request) {
+                Some(peer) => {
+                    let method = request.method().clone();
+                    direct(
+                        method,
+                        proxy::proxy_to_upstream(state(), Peer(peer), request),
+                    )
                 }
-            }
+                None => Box::pin(self.router.call(request)),
+            },
             Route::Pleo if self.direct => {
-                return Box::pin(async move {
-                    let response = proxy::proxy_to_pleo(State(state), request)
-                        .await
-                        .into_response();
-                    Ok(finish_like_router(&method, response))
-                });
+                let method = request.method().clone();
+                direct(method, proxy::proxy_to_pleo(state(), request))
             }
-            _ => {}
+            _ => Box::pin(self.router.call(request)),
         }
-        Box::pin(self.router.call(request))
     }
+}
+
+/// A proxy handler's answer, finished as the router would have finished it.
+fn direct(
+    method: Method,
+    handler: impl Future<Output = Result<Response, GatewayError>> + Send + 'static,
+) -> Boxed {
+    Box::pin(async move { Ok(finish_like_router(&method, handler.await.into_response())) })
 }
 
 #[cfg(test)]

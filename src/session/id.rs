@@ -29,18 +29,7 @@ impl std::fmt::Debug for SessionId {
 impl SessionId {
     /// A fresh id from the OS RNG.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let mut encoded = [0u8; ENCODED_LEN];
-        // 32 bytes are always 43 characters of unpadded base64: they fill the array exactly.
-        // Checked in release builds too: an id of zero bytes would be every session's.
-        let written = URL_SAFE_NO_PAD.encode_slice(bytes, &mut encoded);
-        assert_eq!(
-            written.ok(),
-            Some(ENCODED_LEN),
-            "a session id is 43 characters"
-        );
-        Self(encoded)
+        Self(random_encoded())
     }
 
     /// Accepts a cookie value only if it has exactly the shape we issue; anything else is
@@ -60,11 +49,29 @@ impl SessionId {
     }
 }
 
-/// 256 random bits, base64url: used for session ids and login `state` values.
+/// 256 random bits, base64url: used for login `state` values and other one-off tokens.
 pub fn random_token() -> String {
+    // Only base64url characters: always UTF-8.
+    std::str::from_utf8(&random_encoded())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// 256 random bits from the OS RNG, base64url without padding: the 43 characters of a session
+/// id or a [`random_token`].
+fn random_encoded() -> [u8; ENCODED_LEN] {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    let mut encoded = [0u8; ENCODED_LEN];
+    // 32 bytes are always 43 characters of unpadded base64: they fill the array exactly.
+    // Checked in release builds too: an id of zero bytes would be every session's.
+    let written = URL_SAFE_NO_PAD.encode_slice(bytes, &mut encoded);
+    assert_eq!(
+        written.ok(),
+        Some(ENCODED_LEN),
+        "256 bits are 43 characters"
+    );
+    encoded
 }
 
 /// The hashed form of a session id (or login state) as used in store keys. Safe to log.
