@@ -42,7 +42,7 @@ pub fn app(state: AppState) -> Gateway {
 }
 
 /// The stack around the router alone, every request routed by axum: what [`app`] must answer
-/// exactly like (the dispatch tests compare the two).
+/// exactly like (this module's tests compare the two).
 #[cfg(test)]
 pub fn routed_only(state: AppState) -> Gateway {
     stack(
@@ -175,3 +175,6 @@ pub async fn run(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests;
