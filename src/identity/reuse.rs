@@ -8,7 +8,9 @@
 //! assertion the app receives still has at least three quarters of `identity.assertion_ttl`
 //! left, and one signature serves a burst. Its `jti` then names that signature, not a request.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{sync::Mutex, time::Duration};
+
+use foldhash::{HashMap, HashMapExt};
 
 use axum::http::HeaderValue;
 

@@ -7,7 +7,6 @@
 //! token has not expired, instead of failing or, worse, logging the user out.
 
 use std::{
-    collections::HashMap,
     sync::{
         RwLock,
         atomic::{AtomicU64, Ordering},
@@ -15,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use foldhash::HashMap;
 // Tokio's instant: the same clock as std's in production, and one paused-time tests control.
 use tokio::time::Instant;
 

@@ -3,7 +3,9 @@
 //! and takes a lock to find the series, on every request. Each worker thread resolves a series
 //! once. Bounded by the label sets, which are fixed (see `metrics.rs`).
 
-use std::{cell::RefCell, collections::HashMap};
+use std::cell::RefCell;
+
+use foldhash::{HashMap, HashMapExt};
 
 use metrics::{Counter, Histogram};
 
