@@ -18,11 +18,13 @@
 
 pub mod peer;
 
-use std::{io::Write, net::IpAddr, str::FromStr};
+use std::{cell::RefCell, io::Write, net::IpAddr, str::FromStr};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, uri::Authority};
 use ipnet::IpNet;
 use url::Url;
+
+use crate::header_memo::{Last, remembered};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -153,15 +155,18 @@ pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
     for name in spoofable {
         headers.remove(name);
     }
-    let chain = header_value(|out| {
-        for (index, hop) in forwarding.chain().iter().enumerate() {
-            if index > 0 {
-                out.write_all(b", ")?;
+    let chain = match forwarding.chain() {
+        [client] => address_value(*client),
+        hops => header_value(|out| {
+            for (index, hop) in hops.iter().enumerate() {
+                if index > 0 {
+                    out.write_all(b", ")?;
+                }
+                write_ip(out, hop)?;
             }
-            write_ip(out, hop)?;
-        }
-        Ok(())
-    });
+            Ok(())
+        }),
+    };
     if let Some(chain) = chain {
         headers.insert(X_FORWARDED_FOR, chain);
     }
@@ -174,9 +179,22 @@ pub fn apply(headers: &mut HeaderMap, forwarding: &Forwarding) {
         }),
     );
     headers.insert(X_FORWARDED_HOST, forwarding.host.clone());
-    if let Some(client) = header_value(|out| write_ip(out, &forwarding.client)) {
+    if let Some(client) = address_value(forwarding.client) {
         headers.insert(X_REAL_IP, client);
     }
+}
+
+thread_local! {
+    static LAST_ADDRESS: Last<IpAddr> = const { RefCell::new(None) };
+}
+
+/// One address as a header value. Most requests to the app name the same address twice
+/// (`X-Forwarded-For` and `X-Real-IP` of a client that is the peer), and a worker thread
+/// mostly serves the same few peers (the ingress, the browser), so the last one is kept.
+fn address_value(ip: IpAddr) -> Option<HeaderValue> {
+    remembered(&LAST_ADDRESS, &ip, |ip| {
+        header_value(|out| write_ip(out, ip))
+    })
 }
 
 /// The header value `write` writes: into a buffer on the stack (this runs for every request to

@@ -19,6 +19,7 @@ pub mod edge;
 pub mod error;
 pub mod forwarded;
 pub mod grants;
+pub mod header_memo;
 pub mod healthcheck;
 pub mod http_client;
 pub mod identity;

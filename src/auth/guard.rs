@@ -1,11 +1,14 @@
 //! Who is asking, whether their token is fresh, and which headers say so: the checks both
 //! proxies, forward-auth and the `/auth/*` routes run on a request that needs a session.
 
+use std::cell::RefCell;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use tracing::Instrument;
 
 use crate::{
     error::GatewayError,
+    header_memo::{Last, remembered},
     session::{Session, SessionId, SessionKey, cookie::find_cookie, now_ms},
     state::AppState,
     token::RefreshError,
@@ -58,20 +61,28 @@ pub fn identity_headers(session: &Session, headers: &mut HeaderMap) {
     // Names, not strings: inserting by `&str` parses the name again on every request.
     const SUBJECT: HeaderName = HeaderName::from_static(SUBJECT_HEADER);
     const SCOPES: HeaderName = HeaderName::from_static(SCOPES_HEADER);
-    if let Some(value) = session
-        .data
-        .subject
-        .as_deref()
-        .and_then(|s| HeaderValue::from_str(s).ok())
+    // The thread's last values are kept (`header_memo`): consecutive requests mostly come
+    // from the same user, and the scopes are mostly the same for every user of an app.
+    thread_local! {
+        static LAST_SUBJECT: Last<String> = const { RefCell::new(None) };
+        static LAST_SCOPES: Last<Vec<String>> = const { RefCell::new(None) };
+    }
+    if let Some(value) =
+        session.data.subject.as_deref().and_then(|subject| {
+            remembered(&LAST_SUBJECT, subject, |s| HeaderValue::from_str(s).ok())
+        })
     {
         headers.insert(SUBJECT, value);
     }
-    let scopes = match session.data.scopes.as_slice() {
-        // One scope needs no joining (and no second copy).
-        [one] => HeaderValue::from_str(one),
-        many => HeaderValue::from_str(&many.join(" ")),
-    };
-    if let Ok(value) = scopes {
+    let scopes = remembered(&LAST_SCOPES, session.data.scopes.as_slice(), |scopes| {
+        match scopes {
+            // One scope needs no joining (and no second copy).
+            [one] => HeaderValue::from_str(one),
+            many => HeaderValue::from_str(&many.join(" ")),
+        }
+        .ok()
+    });
+    if let Some(value) = scopes {
         headers.insert(SCOPES, value);
     }
 }

@@ -221,6 +221,26 @@ proptest! {
         }
     }
 
+    /// The last address is kept per thread: a request from another peer, or the same peer
+    /// again after others, still gets its own address in both headers.
+    #[test]
+    fn every_request_names_its_own_client(
+        peers in proptest::collection::vec(prop_oneof![
+            Just(IpAddr::from([192, 0, 2, 1])),
+            Just(IpAddr::from([192, 0, 2, 2])),
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ], 1..12),
+    ) {
+        for peer in peers {
+            let mut out = HeaderMap::new();
+            apply(&mut out, &resolve(peer, &[], &HeaderMap::new(), &url()));
+            let expected = peer.to_canonical().to_string();
+            prop_assert_eq!(out["x-forwarded-for"].to_str().unwrap(), expected.as_str());
+            prop_assert_eq!(out["x-real-ip"].to_str().unwrap(), expected.as_str());
+        }
+    }
+
     #[test]
     fn replacing_without_allocating_agrees_with_folding(
         name in "(?i)(x[-_]forwarded[-_](for|proto|host|port|prefix)|x[-_]real[-_]ip|forwarded|client[-_]ip|x[-_]original[-_]url|[a-z_-]{0,14})",

@@ -301,6 +301,27 @@ mod tests {
     }
 
     proptest! {
+        /// A worker thread keeps the identity values it made last: sessions that take turns on
+        /// one thread each still reach the app as themselves.
+        #[test]
+        fn every_request_carries_its_own_sessions_identity(
+            turns in prop::collection::vec(
+                ("urn:pleo:company:[0-9]{1,3}", prop::collection::vec("[a-z]{1,5}:read", 0..3)),
+                1..10,
+            ),
+        ) {
+            let f = forwarding();
+            for (subject, scopes) in turns {
+                let mut session = session();
+                let data = std::sync::Arc::make_mut(&mut session.data);
+                data.subject = Some(subject.clone());
+                data.scopes.clone_from(&scopes);
+                let out = request_headers(HeaderMap::new(), &rewrite(Some(&session), None, &f));
+                prop_assert_eq!(out["x-pleo-subject"].to_str().unwrap(), subject.as_str());
+                prop_assert_eq!(out["x-pleo-scopes"].to_str().unwrap(), scopes.join(" "));
+            }
+        }
+
         #[test]
         fn the_session_cookie_never_reaches_the_app(
             others in prop::collection::vec("[a-z]{1,6}=[a-z0-9]{0,6}", 0..4),
